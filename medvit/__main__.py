@@ -1,0 +1,5 @@
+import sys
+
+from medvit.cli import main
+
+sys.exit(main())

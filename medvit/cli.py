@@ -1,0 +1,55 @@
+"""`medvit` entry point. Parses arguments, then calls the library.
+
+Each subcommand is a small module in `medvit.commands` with `register(subparsers)` and a
+`run(args) -> int`. Those modules import nothing heavy at top level, so `medvit --help` stays
+instant; torch, timm, monai and albumentations are imported inside `run`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from medvit import __version__
+from medvit.errors import MedvitError
+
+# Only commands that exist are listed: no placeholders.
+COMMANDS = ["synth", "ingest", "train", "evaluate", "explain", "predict"]
+
+
+def _available_commands() -> list[str]:
+    names = []
+    for name in COMMANDS:
+        if importlib.util.find_spec(f"medvit.commands.{name}") is not None:
+            names.append(name)
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medvit",
+        description="Ingest DICOM mammograms, train ViT and CNN backbones, evaluate and explain them.",
+    )
+    parser.add_argument("--version", action="version", version=f"medvit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _available_commands():
+        importlib.import_module(f"medvit.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except MedvitError as err:
+        print(f"medvit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
