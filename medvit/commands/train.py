@@ -1,0 +1,70 @@
+"""`medvit train`: one trainer for mammograms, CIFAR-10 and MNIST."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+# flag -> dotted config key; flags are applied as overrides before the positional key=value ones
+FLAGS = {
+    "data": "data.dir", "backbone": "model.backbone", "patch": "model.patch_size",
+    "fold": "data.fold", "epochs": "train.epochs", "max_steps": "train.max_steps",
+    "max_wall": "train.max_wall", "batch_size": "data.batch_size", "image_size": "data.image_size",
+    "seed": "train.seed", "weights": "model.weights", "out": "train.out",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a ViT or CNN backbone on ingested mammograms (or CIFAR-10/MNIST)",
+                       description="Train one backbone. Settings come from the defaults, then --config YAML, "
+                                   "then the flags, then key=value overrides (e.g. optim.lr=3e-4).")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    p.add_argument("--config", help="YAML config (may inherit another with `base:`), e.g. configs/mammo_vit16.yaml")
+    p.add_argument("--data", help="ingest output folder (default: medvit-data) or CIFAR/MNIST folder")
+    p.add_argument("--backbone", help="registered backbone, e.g. vit, vit_small, resnet18 (see `medvit train --list`)")
+    p.add_argument("--patch", type=int, choices=[8, 16, 32, 4, 2], help="ViT patch size")
+    p.add_argument("--out", help="run directory (default: runs/<backbone>-<time>)")
+    p.add_argument("--fold", type=int, help="validation fold (the rest is trained on)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--max-wall", type=float, help="stop after this many seconds of training")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--pretrained", action="store_true", help="start from timm's ImageNet weights (needs the hub)")
+    p.add_argument("--weights", help="start from a state dict on disk (3->1 channel stem adapted)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
+    p.add_argument("--list", action="store_true", help="list the registered backbones and exit")
+    p.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace):
+    from medvit.config import load_config
+
+    flags = [f"{key}={getattr(args, name)}" for name, key in FLAGS.items() if getattr(args, name) is not None]
+    if args.pretrained:
+        flags.append("model.pretrained=true")
+    if args.resume:
+        return load_config(Path(args.resume) / "config.yaml", flags + list(args.overrides))
+    return load_config(args.config, flags + list(args.overrides))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list:
+        from medvit.models import list_backbones
+
+        print("\n".join(list_backbones()))
+        return 0
+    from medvit.train import fit
+
+    cfg = build_config(args)
+    run_dir = Path(args.resume or cfg.train.out or _default_run_dir(cfg))
+    cfg.train.out = str(run_dir)
+    summary = fit(cfg, run_dir, resume=bool(args.resume))
+    print(f"run: {summary['run_dir']}  stopped: {summary['stop_reason']}  best {cfg.train.monitor}: {summary['best']}")
+    return 0
+
+
+def _default_run_dir(cfg) -> Path:
+    patch = f"-p{cfg.model.patch_size}" if cfg.model.backbone.startswith("vit") else ""
+    return Path("runs") / f"{cfg.model.backbone}{patch}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -1,0 +1,203 @@
+"""Dataclass configs loaded from YAML with `base:` inheritance and dotted `key=value` overrides.
+
+A child YAML states only what differs from its base (detectron2 style):
+
+    base: mammo_vit16.yaml
+    model: {patch_size: 8}
+
+The dataclass defaults below ARE the CLI defaults; `configs/defaults.yaml` mirrors them (a test
+keeps the two equal). Every run directory gets the resolved config, which reads back identically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from medvit.errors import ConfigError, suggest
+
+
+@dataclass
+class DataConfig:
+    kind: str = "mammo"  # mammo | cifar10 | mnist
+    dir: str = "medvit-data"  # ingest output (mammo) or the folder holding the benchmark files
+    fold: int = 0  # validate on this fold, train on the rest (mammo)
+    image_size: int = 512
+    batch_size: int = 8
+    workers: int = 2  # DataLoader worker processes
+    balanced: bool = True  # class-balanced batches (binary labels)
+    pos_fraction: float = 0.25  # share of positives in each balanced batch
+    label_noise: float = 0.0  # fraction of training labels replaced by another class (seed 000)
+    train_size: int = 0  # 0 = all; else a stratified subset (learning curves)
+    augment: dict = field(default_factory=dict)  # albumentations settings, see medvit.data.transforms
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "vit"
+    patch_size: int = 16  # ViTs only
+    pretrained: bool = False
+    weights: str = ""  # a state dict on disk (3->1 channel stem adapted)
+    drop_rate: float = 0.0
+    kwargs: dict = field(default_factory=dict)  # extra builder arguments, e.g. {width: 64, depth: 4}
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    width_scaled_lr: bool = False  # seed 000: SGD lr = lr_eff * width (model.kwargs.width)
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # cosine | step | constant
+    warmup_epochs: float = 1.0
+    step_epochs: int = 30  # step schedule: multiply lr by gamma every step_epochs
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.01
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int = 0  # 0 = no limit
+    max_wall: float = 0.0  # seconds; 0 = no limit
+    flat_epochs: int = 0  # stop when train error is unchanged for this many epochs (seed 000's delta_err); 0 = off
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto | bf16 | fp16 | off
+    ema: float = 0.0  # EMA decay of weights; 0 = off
+    loss: str = "auto"  # auto (bce for 2 classes, ce otherwise) | bce | ce
+    label_smoothing: float = 0.0
+    monitor: str = "val_auc"  # metric choosing best.pt
+    monitor_mode: str = "max"  # max | min
+    log_every: int = 10  # steps between step-level log lines
+    ckpt_every: int = 0  # also save last.pt every N steps inside an epoch (long mammography epochs); 0 = per epoch
+    sample_log: bool = False  # each rank writes the image ids it trained on to RUN_DIR/samples/ (audit, DDP tests)
+    out: str = ""  # run directory; "" = runs/<backbone>-<time>
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _yaml():
+    import yaml
+
+    return yaml
+
+
+def read_yaml_with_bases(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML file, merging it over its `base:` (a path relative to the file) recursively."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: `base:` cycle ({' -> '.join(str(p) for p in _seen)})")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    with open(path, encoding="utf-8") as f:
+        data = _yaml().safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return deep_merge(read_yaml_with_bases(path.parent / base, _seen + (path,)), data)
+
+
+def deep_merge(base: dict, child: dict) -> dict:
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+    """['optim.lr=3e-4', 'data.augment={vflip: 0.5}'] -> nested dict; values parsed as YAML scalars."""
+    tree: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected dotted.key=value, e.g. optim.lr=3e-4")
+        node = tree
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _yaml().safe_load(raw) if raw.strip() else ""
+    return tree
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """Return value coerced to the field's type, or raise naming the key."""
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # PyYAML reads 3e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint in (str, bool, dict) and isinstance(value, hint):
+        return value
+    raise ConfigError(f"config key {key!r}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in hints:
+            raise ConfigError(f"unknown config key {full!r}: {suggest(key, names)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {full!r}: expected a section (mapping), got {value!r}")
+            kwargs[key] = _build(hint, value, f"{full}.")
+        else:
+            kwargs[key] = _check_type(full, value, hint)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> Config:
+    return _build(Config, data, "")
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults <- YAML file (with bases) <- dotted overrides."""
+    data = read_yaml_with_bases(path) if path else {}
+    data = deep_merge(data, parse_overrides(overrides))
+    return config_from_dict(data)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = _yaml().safe_dump(config_to_dict(cfg), sort_keys=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path

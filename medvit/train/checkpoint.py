@@ -1,0 +1,57 @@
+"""Checkpoints: tensors and plain data only, written atomically, read with weights_only=True."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from medvit.errors import MedvitError
+
+
+def save_checkpoint(payload: dict, path: str | Path) -> Path:
+    """torch.save to a temp file in the same folder, then rename: never a half-written final name."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise MedvitError(f"{path}: checkpoint not found (train first, or pass --checkpoint best|last|FILE)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle/zip errors from a damaged or foreign file
+        raise MedvitError(f"{path}: not a readable medvit checkpoint ({type(err).__name__}: {err})") from err
+
+
+def resolve_checkpoint(run_or_file: str | Path, which: str = "best") -> Path:
+    """RUN_DIR + best|last -> RUN_DIR/checkpoints/<which>.pt; a file path is returned as is."""
+    p = Path(run_or_file)
+    if p.is_file():
+        return p
+    return p / "checkpoints" / f"{which}.pt"
+
+
+def build_model_from_checkpoint(ckpt: dict):
+    """Rebuild the backbone recorded in a checkpoint and load its (EMA if present) weights."""
+    from medvit.models import create_backbone
+
+    spec = ckpt["model_spec"]
+    model = create_backbone(spec["name"], **spec["kwargs"])
+    model.load_state_dict(ckpt.get("ema") or ckpt["model"])
+    model.eval()
+    return model

@@ -1,0 +1,103 @@
+"""The run's files: metrics_step.csv, metrics_epoch.csv, train.log, samples/. Rank 0 writes metrics."""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STEP_COLUMNS = ["step", "epoch", "loss", "lr", "images_per_s"]
+EPOCH_COLUMNS = ["epoch", "step", "train_loss", "train_error", "val_loss", "val_accuracy", "val_auc",
+                 "lr", "elapsed"]
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+        self.dir, self.enabled = Path(run_dir), enabled
+        if enabled:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _append(self, name: str, columns: list[str], row: dict) -> None:
+        if not self.enabled:
+            return
+        path = self.dir / name
+        new = not path.exists() or path.stat().st_size == 0
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: _fmt(row.get(k)) for k in columns})
+
+    def step(self, step: int, epoch: int, loss: float, lr: float, rate: float) -> None:
+        self._append("metrics_step.csv", STEP_COLUMNS,
+                     {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": rate})
+
+    def epoch(self, row: dict) -> None:
+        self._append("metrics_epoch.csv", EPOCH_COLUMNS, row)
+        self.info("epoch {epoch}: train_loss {train_loss:.4f} train_error {train_error:.4f} "
+                  "val_loss {val_loss:.4f} val_accuracy {val_accuracy:.4f} val_auc {auc}".format(
+                      auc=_fmt(row.get("val_auc")), **{k: v for k, v in row.items() if k != "val_auc"}))
+
+    def info(self, message: str) -> None:
+        if not self.enabled:
+            return
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        print(line, file=sys.stderr, flush=True)
+        with open(self.dir / "train.log", "a") as f:
+            f.write(line + "\n")
+
+    def samples(self, rank: int, epoch: int, step: int, ids: list) -> None:
+        """Which images this rank trained on (written by every rank, each to its own file)."""
+        path = self.dir / "samples" / f"rank{rank}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.writelines(f"{epoch},{step},{i}\n" for i in ids)
+
+    def trim(self, step: int, epoch: int, rank: int = 0) -> None:
+        """On resume, drop rows written after the checkpoint (and any torn last line)."""
+        _keep_lines(self.dir / "samples" / f"rank{rank}.csv", step)
+        if not self.enabled:
+            return
+        _keep_rows(self.dir / "metrics_step.csv", lambda r: int(r["step"]) <= step)
+        _keep_rows(self.dir / "metrics_epoch.csv", lambda r: int(r["epoch"]) < epoch)
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else v
+
+
+def _keep_rows(path: Path, keep) -> None:
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        rows = [r for r in reader if None not in r.values() and _safe(keep, r)]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _safe(keep, row) -> bool:
+    try:
+        return bool(keep(row))
+    except (ValueError, TypeError):  # a torn line from a killed process
+        return False
+
+
+def _keep_lines(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    with open(path) as f:
+        lines = [ln for ln in f if ln.endswith("\n") and int(ln.split(",")[1]) <= step]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.writelines(lines)
+    os.replace(tmp, path)

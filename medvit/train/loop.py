@@ -1,0 +1,245 @@
+"""The one trainer: CIFAR-10, MNIST and mammograms, ViTs and CNNs alike.
+
+A run directory holds config.yaml, metrics_step.csv, metrics_epoch.csv, train.log and
+checkpoints/{best,last}.pt. Resume restores model, optimizer, scheduler, scaler, EMA, sampler
+position, RNG and counters, so an interrupted run ends exactly where an uninterrupted one does.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medvit.config import Config, config_to_dict, save_config
+from medvit.train import logs, setup
+from medvit.train.checkpoint import load_checkpoint, save_checkpoint
+from medvit.train.distributed import Dist, barrier, init_distributed, shutdown
+from medvit.train.steps import predict_loader, train_step
+
+
+@dataclass
+class Counters:
+    """Everything that says where training stands; saved in every checkpoint."""
+
+    epoch: int = 0  # current epoch (0-based)
+    batch: int = 0  # batches done in the current epoch
+    step: int = 0  # optimizer steps in total
+    elapsed: float = 0.0  # training wall seconds across resumes
+    best: float | None = None
+    epoch_loss: float = 0.0  # running sums of the current epoch
+    epoch_errors: int = 0
+    epoch_seen: int = 0
+    train_errors: list = field(default_factory=list)  # per finished epoch (flat_epochs rule)
+    stop_reason: str = ""
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False) -> None:
+        import torch
+
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.device = setup.pick_device(cfg.train.device)
+        self.dist: Dist = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = setup.pick_device(cfg.train.device, self.dist.local_rank)
+        torch.manual_seed(cfg.train.seed)
+        self.data = setup.build_data(cfg)
+        self.binary = setup.uses_bce(cfg, self.data.num_classes)
+        self.sampler = setup.build_sampler(cfg, self.data.train.labels, self.dist.rank,
+                                           self.dist.world_size, self.binary)
+        self.spec = setup.model_spec(cfg, self.data.num_classes, self.data.in_chans, self.binary)
+        self.model = setup.build_model(cfg, self.spec).to(self.device)
+        self.optimizer = setup.build_optimizer(cfg, self.model)
+        self.scheduler = setup.build_scheduler(cfg, self.optimizer, len(self.sampler))
+        self.amp = setup.amp_dtype(cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.ema = self._build_ema()
+        self.c = Counters()
+        self.threshold = 0.5
+        self.log = logs.RunLog(self.run_dir, enabled=self.dist.main)
+        if resume:
+            self._restore(load_checkpoint(self.run_dir / "checkpoints" / "last.pt"))
+        self.ddp_model = self._wrap_ddp()
+
+    # ---- set-up -------------------------------------------------------------------------
+    def _build_ema(self):
+        if not self.cfg.train.ema:
+            return None
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.train.ema),
+                             use_buffers=True)
+
+    def _wrap_ddp(self):
+        if not self.dist.enabled:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids)
+
+    def _loader(self, dataset, batch_sampler=None, batch_size=None):
+        import torch
+        from torch.utils.data import DataLoader
+
+        # A private generator: creating the loader's iterator must not consume the global RNG,
+        # or a resumed run would draw different dropout masks than an uninterrupted one.
+        g = torch.Generator().manual_seed(self.cfg.train.seed + self.c.epoch)
+        kw = dict(num_workers=self.cfg.data.workers, generator=g, pin_memory=self.device.type == "cuda")
+        if batch_sampler is not None:
+            return DataLoader(dataset, batch_sampler=batch_sampler, **kw)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kw)
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def _payload(self) -> dict:
+        import torch
+
+        c = self.c
+        return {
+            "format": "medvit-checkpoint-1",
+            "model_spec": self.spec,
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema else None,
+            "ema_state": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "counters": dict(vars(c)),
+            "threshold": self.threshold,
+            "binary": self.binary,
+            "config": config_to_dict(self.cfg),
+        }
+
+    def _restore(self, ck: dict) -> None:
+        import torch
+
+        self.model.load_state_dict(ck["model"])
+        if self.ema and ck.get("ema_state"):
+            self.ema.load_state_dict(ck["ema_state"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.scaler.load_state_dict(ck["scaler"])
+        torch.set_rng_state(ck["rng_cpu"])
+        if ck["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["rng_cuda"])
+        self.c = Counters(**ck["counters"])
+        self.threshold = ck["threshold"]
+        self.log.trim(self.c.step, self.c.epoch, self.dist.rank)
+
+    def _save(self, name: str) -> None:
+        if self.dist.main:
+            save_checkpoint(self._payload(), self.run_dir / "checkpoints" / f"{name}.pt")
+
+    # ---- the loop -----------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg, c = self.cfg, self.c
+        if self.dist.main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.log.info(f"backbone {self.spec['name']} ({sum(p.numel() for p in self.model.parameters()):,} "
+                      f"parameters) on {self.device}, {len(self.data.train)} train / {len(self.data.val)} val images")
+        t0 = time.perf_counter() - c.elapsed
+        while not c.stop_reason:
+            c.stop_reason = self._limit_reason(t0)
+            if c.stop_reason:
+                break
+            self._train_epoch(t0)
+            if c.batch < len(self.sampler):  # stopped inside the epoch (max_steps / max_wall)
+                break
+            self._end_epoch(t0)
+        self.log.info(f"stopped: {c.stop_reason} (epoch {c.epoch}, step {c.step})")
+        c.elapsed = time.perf_counter() - t0
+        self._save("last")
+        barrier(self.dist)
+        summary = {"stop_reason": c.stop_reason, "epoch": c.epoch, "step": c.step, "best": c.best,
+                   "run_dir": str(self.run_dir)}
+        shutdown(self.dist)
+        return summary
+
+    def _limit_reason(self, t0: float) -> str:
+        t = self.cfg.train
+        if t.max_steps and self.c.step >= t.max_steps:
+            return f"max_steps={t.max_steps}"
+        if t.max_wall and time.perf_counter() - t0 >= t.max_wall:
+            return f"max_wall={t.max_wall:g}s"
+        if self.c.epoch >= t.epochs:
+            return f"epochs={t.epochs}"
+        return ""
+
+    def _train_epoch(self, t0: float) -> None:
+        from tqdm import tqdm
+
+        c = self.c
+        # The sampler is a pure function of (seed, epoch, rank); the counters hold the position,
+        # so a resumed run gets exactly the batches an uninterrupted one had left.
+        self.sampler.set_epoch(c.epoch)
+        batches = list(self.sampler)[c.batch:]
+        self.data.train.set_epoch(c.epoch)
+        self.model.train()
+        loader = self._loader(self.data.train, batch_sampler=batches)
+        bar = tqdm(zip(batches, loader), total=len(self.sampler), initial=c.batch,
+                   desc=f"epoch {c.epoch}", disable=not self.dist.main, leave=False)
+        tick, n_tick = time.perf_counter(), 0
+        for batch, (images, labels) in bar:
+            out = train_step(self, images, labels)
+            c.batch, c.step = c.batch + 1, c.step + 1
+            c.epoch_loss += out["loss"] * out["n"]
+            c.epoch_errors += out["errors"]
+            c.epoch_seen += out["n"]
+            n_tick += out["n"]
+            if self.cfg.train.sample_log:
+                self.log.samples(self.dist.rank, c.epoch, c.step, [self.data.train.ids[i] for i in batch])
+            if c.step % self.cfg.train.log_every == 0:
+                rate = n_tick * self.dist.world_size / max(time.perf_counter() - tick, 1e-9)
+                self.log.step(c.step, c.epoch, out["loss"], self.optimizer.param_groups[0]["lr"], rate)
+                tick, n_tick = time.perf_counter(), 0
+            if self.cfg.train.ckpt_every and c.step % self.cfg.train.ckpt_every == 0:
+                c.elapsed = time.perf_counter() - t0
+                self._save("last")
+            c.stop_reason = self._limit_reason(t0) if c.batch < len(self.sampler) else ""
+            if c.stop_reason:
+                break
+        bar.close()
+
+    def _end_epoch(self, t0: float) -> None:
+        from medvit.metrics import classification_metrics
+
+        c = self.c
+        ids, labels, probs, val_loss = predict_loader(self, self._loader(self.data.val, batch_size=self.cfg.data.batch_size))
+        m = classification_metrics(labels, probs, loss=val_loss, n_boot=0)
+        row = {
+            "epoch": c.epoch, "step": c.step,
+            "train_loss": c.epoch_loss / max(c.epoch_seen, 1),
+            "train_error": c.epoch_errors / max(c.epoch_seen, 1),
+            "val_loss": m["loss"], "val_accuracy": m["accuracy"],
+            "val_auc": m.get("auc", m.get("auc_macro_ovr")),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "elapsed": time.perf_counter() - t0,
+        }
+        self.threshold = m.get("best_f1_threshold", self.threshold) if self.binary else self.threshold
+        c.train_errors.append(c.epoch_errors)
+        c.epoch, c.batch, c.epoch_loss, c.epoch_errors, c.epoch_seen = c.epoch + 1, 0, 0.0, 0, 0
+        c.elapsed = row["elapsed"]
+        self._update_best(row)
+        self.log.epoch(row)
+        self._save("last")
+        flat = self.cfg.train.flat_epochs
+        if flat and len(c.train_errors) > flat and len(set(c.train_errors[-flat - 1:])) == 1:
+            c.stop_reason = f"train error unchanged for {flat} epochs"
+
+    def _update_best(self, row: dict) -> None:
+        value = row.get(self.cfg.train.monitor)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            value = -row["val_loss"] if self.cfg.train.monitor_mode == "max" else row["val_loss"]
+        sign = 1 if self.cfg.train.monitor_mode == "max" else -1
+        if self.c.best is None or sign * value > sign * self.c.best:
+            self.c.best = float(value)
+            self._save("best")
+            self.log.info(f"epoch {row['epoch']}: new best {self.cfg.train.monitor}={value:.4f}")
+
+
+def fit(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
+    """Train (or resume) one run. Returns a small summary."""
+    return Trainer(cfg, run_dir, resume=resume).fit()

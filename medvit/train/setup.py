@@ -1,0 +1,165 @@
+"""Builders: config -> datasets, samplers, model, optimizer, schedule. Nothing here knows a model's name."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from medvit.config import Config
+from medvit.errors import ConfigError
+
+
+@dataclass
+class DataBundle:
+    train: Any  # torch Dataset: (image (C,H,W), label) items, .labels, .ids, .num_classes, .in_chans
+    val: Any
+    num_classes: int
+    in_chans: int
+
+
+def build_data(cfg: Config) -> DataBundle:
+    """The one place that knows the data kinds: mammography manifest, CIFAR-10 or MNIST files."""
+    from medvit.data.transforms import build_transform
+
+    d = cfg.data
+    if d.kind == "mammo":
+        from medvit.data.datasets import mammo_splits
+
+        train, val = mammo_splits(
+            d.dir, d.fold, image_size=d.image_size,
+            train_transform=build_transform(d.augment, train=True),
+            val_transform=build_transform(d.augment, train=False),
+            seed=cfg.train.seed,
+        )
+        if d.train_size:
+            raise ConfigError("data.train_size (a training subset) is for cifar10/mnist; use folds for mammograms")
+    elif d.kind in ("cifar10", "mnist"):
+        from medvit.data.benchmarks import benchmark_splits
+
+        train, val = benchmark_splits(
+            d.kind, d.dir, image_size=d.image_size, noise=d.label_noise,
+            seed=cfg.train.seed, train_size=d.train_size or None,
+        )
+    else:
+        raise ConfigError(f"data.kind {d.kind!r}: valid: cifar10, mammo, mnist")
+    return DataBundle(train, val, train.num_classes, train.in_chans)
+
+
+def uses_bce(cfg: Config, num_classes: int) -> bool:
+    if cfg.train.loss not in ("auto", "bce", "ce"):
+        raise ConfigError(f"train.loss {cfg.train.loss!r}: valid: auto, bce, ce")
+    if cfg.train.loss == "bce" and num_classes != 2:
+        raise ConfigError(f"train.loss=bce needs 2 classes, the data has {num_classes}")
+    return cfg.train.loss == "bce" or (cfg.train.loss == "auto" and num_classes == 2)
+
+
+def build_sampler(cfg: Config, labels, rank: int, world: int, binary: bool):
+    from medvit.data.samplers import BalancedBatchSampler, ShuffleBatchSampler
+
+    d = cfg.data
+    if d.balanced and binary:
+        return BalancedBatchSampler(labels, d.batch_size, pos_fraction=d.pos_fraction,
+                                    seed=cfg.train.seed, num_replicas=world, rank=rank)
+    return ShuffleBatchSampler(len(labels), d.batch_size, seed=cfg.train.seed,
+                               num_replicas=world, rank=rank, drop_last=True)
+
+
+def model_spec(cfg: Config, num_classes: int, in_chans: int, binary: bool) -> dict:
+    """What create_backbone needs; saved in every checkpoint so predict/evaluate rebuild the model."""
+    from medvit.models import backbone_kind
+
+    m = cfg.model
+    kwargs: dict = {
+        "num_classes": 1 if binary else num_classes,
+        "in_chans": in_chans,
+        "img_size": cfg.data.image_size,
+        "drop_rate": m.drop_rate,
+        **m.kwargs,
+    }
+    if backbone_kind(m.backbone) == "vit":
+        kwargs["patch_size"] = m.patch_size
+    return {"name": m.backbone, "kwargs": kwargs}
+
+
+def build_model(cfg: Config, spec: dict):
+    from medvit.models import create_backbone
+
+    extra = {}
+    if cfg.model.pretrained:
+        extra["pretrained"] = True
+    if cfg.model.weights:
+        extra["weights"] = cfg.model.weights
+    return create_backbone(spec["name"], **spec["kwargs"], **extra)
+
+
+def build_optimizer(cfg: Config, model):
+    import torch
+
+    o = cfg.optim
+    lr = o.lr
+    if o.width_scaled_lr:  # seed 000, eq. 5: eta_eff = eta / h, so eta = eta_eff * h
+        width = cfg.model.kwargs.get("width")
+        if not width:
+            raise ConfigError("optim.width_scaled_lr needs model.kwargs.width (the width h of seed 000)")
+        lr = o.lr * width
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=o.momentum)
+    raise ConfigError(f"optim.name {o.name!r}: valid: adamw, sgd")
+
+
+def lr_factor(cfg: Config, step: int, steps_per_epoch: int, total_steps: int) -> float:
+    """Multiplier of the base lr at an optimizer step: linear warmup, then cosine/step/constant."""
+    s = cfg.schedule
+    warmup = int(s.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    if s.name == "constant":
+        return 1.0
+    if s.name == "step":
+        return s.gamma ** ((step // steps_per_epoch) // max(s.step_epochs, 1))
+    if s.name == "cosine":
+        t = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    raise ConfigError(f"schedule.name {s.name!r}: valid: constant, cosine, step")
+
+
+def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
+    import torch
+
+    total = cfg.train.epochs * steps_per_epoch
+    if cfg.train.max_steps:
+        total = min(total, cfg.train.max_steps)
+    lr_factor(cfg, 0, steps_per_epoch, total)  # fail early on a bad schedule name
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch, total))
+
+
+def pick_device(name: str, local_rank: int = 0):
+    import torch
+
+    if name == "auto":
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    elif name == "cuda":
+        name = f"cuda:{local_rank}"
+    return torch.device(name)
+
+
+def amp_dtype(cfg: Config, device):
+    """auto: bf16 on a GPU that has it, otherwise full precision (CPU autocast rarely pays off)."""
+    import torch
+
+    mode = cfg.train.amp
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode in ("auto", "bf16"):
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    if mode == "fp16":
+        return torch.float16
+    raise ConfigError(f"train.amp {mode!r}: valid: auto, bf16, fp16, off")
