@@ -16,7 +16,7 @@ import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from medvit.errors import ConfigError, suggest
 
@@ -42,7 +42,7 @@ class ModelConfig:
     patch_size: int = 16  # ViTs only
     pretrained: bool = False
     weights: str = ""  # a state dict on disk (3->1 channel stem adapted)
-    drop_rate: float = 0.0
+    drop_rate: Optional[float] = None  # None = the backbone's own default (vit_cifar: 0.2)
     kwargs: dict = field(default_factory=dict)  # extra builder arguments, e.g. {width: 64, depth: 4}
 
 
@@ -144,6 +144,10 @@ def parse_overrides(items: Sequence[str]) -> dict:
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
     """Return value coerced to the field's type, or raise naming the key."""
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):  # PyYAML reads 3e-4 (no dot) as a string

@@ -30,6 +30,8 @@ _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 _KINDS: dict[str, str | None] = {}
 _FIXED = ("num_classes", "in_chans", "img_size")
 _VIT_ATTN_ATTRS = ("qkv", "num_heads", "fused_attn", "scale")
+# options a trainer may pass to any backbone; at these values they change nothing
+_NEUTRAL = {"pretrained": False, "drop_rate": 0.0, "drop_path_rate": 0.0}
 
 
 def register_backbone(fn: Callable | str | None = None, *, name: str | None = None,
@@ -86,15 +88,18 @@ def create_backbone(name: str, num_classes: int = 1, in_chans: int = 1, img_size
     `pretrained=True` fetches ImageNet weights through timm where the entrypoint offers them.
     """
     fn = _entrypoint(name)
-    for key, value in (("num_classes", num_classes), ("in_chans", in_chans), ("img_size", img_size)):
+    sizes = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}
+    for key, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"backbone {name!r}: {key} must be a positive integer, got {value!r}")
-    weights = kw.pop("weights", None)
-    if kw.get("pretrained") and "pretrained" not in _options(name, fn):
+    weights = kw.pop("weights", None) or None  # "" from a config means none
+    accepted = _options(name, fn)
+    if kw.get("pretrained") and "pretrained" not in accepted:
         raise ConfigError(f"backbone {name!r} has no ImageNet weights (pretrained=True); "
                           "train it from scratch or pass weights=FILE")
-    if "pretrained" in kw and not kw["pretrained"]:
-        kw.pop("pretrained")  # pretrained=False is the default everywhere
+    for key, neutral in _NEUTRAL.items():  # "off" is every backbone's default: always accepted
+        if key in kw and key not in accepted and kw[key] == neutral:
+            kw.pop(key)
     _check_options(name, fn, kw)
     model = fn(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
     if weights is not None:
@@ -131,12 +136,13 @@ def _check_interface(name: str, model: nn.Module) -> None:
     """Fail at build time, not in explain, if a backbone lacks what medvit reads from it."""
     if model.medvit_kind == "cnn":
         layer = getattr(model, "gradcam_layer", None)
-        try:
-            model.get_submodule(layer or "")
-        except AttributeError:
-            raise ConfigError(f"backbone {name!r}: gradcam_layer {layer!r} is not a module") from None
         if not layer:
             raise ConfigError(f"backbone {name!r}: CNNs must set model.gradcam_layer")
+        try:
+            model.get_submodule(layer)
+        except AttributeError:
+            msg = f"backbone {name!r}: gradcam_layer {layer!r} is not a module"
+            raise ConfigError(msg) from None
         return
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     blocks = getattr(model, "blocks", None)

@@ -55,7 +55,8 @@ def create_pretrained(timm_name: str | None, **args) -> nn.Module:
     positions to the new grid. A hub that cannot be reached becomes a ConfigError."""
     timm = import_timm()
     if timm_name is None or not timm.is_model(timm_name):
-        raise ConfigError(f"no ImageNet weights in timm for this configuration ({timm_name or 'custom width'}); "
+        what = timm_name or "a custom width"
+        raise ConfigError(f"no ImageNet weights in timm for this configuration ({what}); "
                           "train from scratch or pass weights=FILE")
     try:
         return timm.create_model(timm_name, pretrained=True, **args)

@@ -102,6 +102,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema else None,
             "ema_state": self.ema.state_dict() if self.ema else None,
+            "sampler": self.sampler.state_dict(batches_done=c.batch),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -122,10 +123,11 @@ class Trainer:
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
+        self.sampler.load_state_dict(ck["sampler"])  # refuses a different seed, batch size or world size
         torch.set_rng_state(ck["rng_cpu"])
         if ck["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ck["rng_cuda"])
-        self.c = Counters(**ck["counters"])
+        self.c = Counters(**{**ck["counters"], "stop_reason": ""})
         self.threshold = ck["threshold"]
         self.log.trim(self.c.step, self.c.epoch, self.dist.rank)
 
@@ -172,10 +174,11 @@ class Trainer:
         from tqdm import tqdm
 
         c = self.c
-        # The sampler is a pure function of (seed, epoch, rank); the counters hold the position,
-        # so a resumed run gets exactly the batches an uninterrupted one had left.
+        # The sampler is a pure function of (seed, epoch, rank) plus a start position, so a
+        # resumed run gets exactly the batches an uninterrupted one had left.
         self.sampler.set_epoch(c.epoch)
-        batches = list(self.sampler)[c.batch:]
+        self.sampler.load_state_dict(self.sampler.state_dict(batches_done=c.batch))
+        batches = list(self.sampler)
         self.data.train.set_epoch(c.epoch)
         self.model.train()
         loader = self._loader(self.data.train, batch_sampler=batches)
@@ -218,7 +221,8 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "elapsed": time.perf_counter() - t0,
         }
-        self.threshold = m.get("best_f1_threshold", self.threshold) if self.binary else self.threshold
+        if m.get("best_f1_threshold") is not None:  # the validation operating point predict uses
+            self.threshold = m["best_f1_threshold"]
         c.train_errors.append(c.epoch_errors)
         c.epoch, c.batch, c.epoch_loss, c.epoch_errors, c.epoch_seen = c.epoch + 1, 0, 0.0, 0, 0
         c.elapsed = row["elapsed"]

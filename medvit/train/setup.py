@@ -73,9 +73,10 @@ def model_spec(cfg: Config, num_classes: int, in_chans: int, binary: bool) -> di
         "num_classes": 1 if binary else num_classes,
         "in_chans": in_chans,
         "img_size": cfg.data.image_size,
-        "drop_rate": m.drop_rate,
         **m.kwargs,
     }
+    if m.drop_rate is not None:
+        kwargs["drop_rate"] = m.drop_rate
     if backbone_kind(m.backbone) == "vit":
         kwargs["patch_size"] = m.patch_size
     return {"name": m.backbone, "kwargs": kwargs}
@@ -131,9 +132,9 @@ def lr_factor(cfg: Config, step: int, steps_per_epoch: int, total_steps: int) ->
 def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
     import torch
 
+    # The schedule spans train.epochs; max_steps, max_wall and flat_epochs are stopping rules
+    # (seed 000), so stopping early never changes the learning rate of the steps that ran.
     total = cfg.train.epochs * steps_per_epoch
-    if cfg.train.max_steps:
-        total = min(total, cfg.train.max_steps)
     lr_factor(cfg, 0, steps_per_epoch, total)  # fail early on a bad schedule name
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch, total))

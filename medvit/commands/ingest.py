@@ -1,0 +1,45 @@
+"""`medvit ingest SRC`: DICOM folder -> normalized .npy cache + manifest.csv (resumable)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "ingest",
+        help="turn a folder of DICOMs into a normalized image cache + manifest",
+        description=(
+            "Walk SRC (an RSNA-layout folder with train.csv, or any tree of DICOM files, with or "
+            "without the .dcm suffix) and write DIR/images/<image_id>.npy (size x size uint16), "
+            "DIR/manifest.csv (one row per input file, ok or error with its reason, labels, "
+            "patient-grouped folds), DIR/missing_files.csv and DIR/ingest.json. Rerunning skips "
+            "files already done with the same settings; an interrupted run resumes."
+        ),
+    )
+    p.add_argument("src", metavar="SRC", help="folder of DICOM files")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default: ./medvit-data, where `medvit train` looks)")
+    p.add_argument("--labels", default=None, metavar="CSV",
+                   help="labels CSV with image_id and the label column (default: SRC/train.csv if present)")
+    p.add_argument("--label-column", default="cancer", help="label column in the CSV (default: cancer)")
+    p.add_argument("--size", type=int, default=512, help="output side in pixels (default: 512)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: number of CPUs; 1 = in this process)")
+    p.add_argument("--folds", type=int, default=4, help="cross-validation folds (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="fold shuffling seed (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medvit.ingest import DEFAULT_DATA_DIR, format_summary, ingest
+
+    out = args.out or DEFAULT_DATA_DIR
+    summary = ingest(
+        args.src, out=out, labels=args.labels, label_column=args.label_column, size=args.size,
+        workers=args.workers, folds=args.folds, seed=args.seed,
+        progress=False if args.no_progress else None,
+    )
+    print(format_summary(summary))
+    print(f"wrote {out}/manifest.csv and {out}/images/")
+    return 0

@@ -1,0 +1,125 @@
+"""Mammography dataset over the ingest output: DATA_DIR/manifest.csv + DATA_DIR/images/<image_id>.npy.
+
+Every medvit dataset yields `(image (C, H, W) float32 tensor, label int)` and exposes `.labels`
+(int64, read without loading images), `.ids`, `.num_classes`, `.in_chans` and `set_epoch(e)`,
+so one trainer serves mammograms, CIFAR-10 and MNIST.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from medvit.data.transforms import apply_transform, item_seed
+from medvit.errors import MedvitError
+
+MANIFEST = "manifest.csv"
+REQUIRED_COLUMNS = ("image_id", "patient_id", "label", "fold", "status", "cache")
+
+
+def read_manifest(data_dir: str | Path) -> pd.DataFrame:
+    """The ingest manifest, ids kept as strings, label as float (NaN = unlabelled), fold as int."""
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise MedvitError(f"{path}: manifest not found; run `medvit ingest` to create DATA_DIR first")
+    try:
+        frame = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "cache": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise MedvitError(f"{path}: not a readable CSV ({e})") from e
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise MedvitError(f"{path}: manifest lacks column(s) {', '.join(missing)}; re-run `medvit ingest`")
+    try:
+        frame["label"] = pd.to_numeric(frame["label"]).astype(float)
+        frame["fold"] = pd.to_numeric(frame["fold"].fillna(-1)).astype(int)
+    except (ValueError, TypeError) as e:
+        raise MedvitError(f"{path}: label/fold columns must be numbers ({e})") from e
+    return frame
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize (H, W[, C]) to (size, size[, C]): INTER_AREA to shrink, bilinear to enlarge."""
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image
+    interp = cv2.INTER_AREA if size < max(h, w) else cv2.INTER_LINEAR
+    out = cv2.resize(image, (size, size), interpolation=interp)
+    return out if out.ndim == image.ndim else out[..., None]  # cv2 drops a trailing channel of 1
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W) or (H, W, C) float32 -> (C, H, W) tensor."""
+    if image.ndim == 2:
+        image = image[None]
+    else:
+        image = image.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+
+
+class MammoDataset(Dataset):
+    """Cached mammograms listed in `frame`: items are ((1, S, S) in [0, 1], label or -1)."""
+
+    in_chans = 1
+
+    def __init__(self, data_dir: str | Path, frame: pd.DataFrame, image_size: int = 512,
+                 transform=None, seed: int = 0) -> None:
+        self.data_dir = Path(data_dir)
+        self.frame = frame.reset_index(drop=True)
+        self.image_size = int(image_size)
+        self.transform = transform
+        self.seed = int(seed)
+        self.epoch = 0
+        self.labels = self.frame["label"].fillna(-1).to_numpy().astype(np.int64)
+        self.ids = self.frame["image_id"].astype(str).tolist()
+        self.num_classes = max(2, int(self.labels.max(initial=0)) + 1)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentations are drawn from (seed, epoch, index)."""
+        self.epoch = int(epoch)
+
+    def load(self, index: int) -> np.ndarray:
+        """The cached image as (H, W) float32 in [0, 1]."""
+        path = self.data_dir / str(self.frame.at[index, "cache"])
+        try:
+            raw = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise MedvitError(f"{path}: cannot read the cached image ({e}); re-run `medvit ingest`") from e
+        if raw.ndim != 2:
+            raise MedvitError(f"{path}: expected a 2-D image, got shape {raw.shape}")
+        if np.issubdtype(raw.dtype, np.integer):
+            return raw.astype(np.float32) / np.float32(np.iinfo(raw.dtype).max)
+        return np.clip(raw.astype(np.float32), 0.0, 1.0)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = resize_square(self.load(index), self.image_size)  # resize first: augmenting fewer pixels
+        image = apply_transform(self.transform, image, item_seed(self.seed, self.epoch, index))
+        return to_tensor(image), int(self.labels[index])
+
+
+def mammo_splits(data_dir: str | Path, fold: int, image_size: int = 512, train_transform=None,
+                 val_transform=None, seed: int = 0) -> tuple[MammoDataset, MammoDataset]:
+    """Train on every labelled, successfully ingested image outside `fold`; validate on `fold`."""
+    frame = read_manifest(data_dir)
+    usable = frame[(frame["status"] == "ok") & frame["label"].notna() & (frame["fold"] >= 0)]
+    folds = sorted(usable["fold"].unique().tolist())
+    if usable.empty:
+        n_ok = int((frame["status"] == "ok").sum())
+        raise MedvitError(f"{Path(data_dir) / MANIFEST}: no labelled, successfully ingested images "
+                          f"({len(frame)} rows, {n_ok} ok, {len(frame) - n_ok} errors); check the labels CSV "
+                          "and the manifest's error column")
+    if fold not in folds:
+        raise MedvitError(f"{Path(data_dir) / MANIFEST}: no labelled images in fold {fold}; "
+                          f"folds present: {folds if folds else 'none'}")
+    train = usable[usable["fold"] != fold]
+    if train.empty:
+        raise MedvitError(f"{Path(data_dir) / MANIFEST}: fold {fold} is the only fold; nothing left to train on")
+    val = usable[usable["fold"] == fold]
+    return (MammoDataset(data_dir, train, image_size, train_transform, seed),
+            MammoDataset(data_dir, val, image_size, val_transform, seed))

@@ -1,0 +1,253 @@
+"""The one preprocessing function: DICOM file -> (size, size) uint16, tissue bright,
+chest wall on the left. `medvit ingest` and `medvit predict` both call `preprocess`.
+
+decode -> modality LUT -> VOI -> MONOCHROME1 invert -> breast crop -> orient -> resize + pad.
+
+Speed: JPEG 2000 files are decoded twice at low resolution instead of once at full size: a
+preview level (long side >= PREVIEW_SIDE) to find the breast, then the coarsest level whose
+crop still has a long side >= `size` (often the same level). The modality LUT and VOI are
+elementwise, so applying them to a lower resolution level is valid.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+
+from medvit.dicom.read import Pixels, read_dataset
+from medvit.errors import DicomError
+
+PREVIEW_SIDE = 256   # long side of the image the crop box is found on
+MAX_TABLE = 1 << 20  # largest stored-value span turned into a lookup table
+
+
+@dataclass
+class Preprocessed:
+    image: np.ndarray  # (size, size) uint16, tissue bright, chest wall left, 0 = padding/air
+    info: dict = field(default_factory=dict)  # header facts + what was done; JSON-able, no PHI
+
+
+def preprocess(path: str | Path, size: int = 512) -> Preprocessed:
+    """Read one DICOM and return the model-ready image. Raises DicomError.
+
+    Layout of the output: the breast crop is scaled (aspect kept) so its long side is `size`,
+    placed flush left (chest wall against the left edge) and centred vertically; the rest
+    is 0. Values: VOI output mapped to 0..65535."""
+    ds = read_dataset(path)
+    pixels = Pixels(ds, path)
+    try:
+        return _preprocess(ds, pixels, size)
+    except DicomError:
+        raise
+    except MemoryError:
+        raise DicomError(path, "bad_dimensions", "out of memory decoding the image") from None
+    except Exception as exc:  # a decoder or LUT failure we did not foresee: name the file
+        raise DicomError(path, "decode_failed", f"{type(exc).__name__}: {exc}"[:300]) from None
+
+
+def _preprocess(ds: Dataset, pixels: Pixels, size: int) -> Preprocessed:
+    mono1 = str(ds.PhotometricInterpretation).upper() == "MONOCHROME1"
+    # 1. preview: find the breast and its side
+    preview_level = _coarsest_level(max(pixels.rows, pixels.cols), PREVIEW_SIDE)
+    raw, level, _ = pixels.get(preview_level)
+    step = 2 ** (preview_level - level)  # non-J2K (or failed level): subsample the decode
+    small = to_unit(raw[::step, ::step], ds, mono1)[0]
+    scale = 2**level * step
+    box = scale_box(find_breast(small), scale, pixels.rows, pixels.cols)
+    laterality = laterality_of(ds)
+    flip = laterality == "R" if laterality else tissue_on_right(
+        small[box[0] // scale: -(-box[2] // scale), box[1] // scale: -(-box[3] // scale)])
+    # 2. the level to resample from: coarsest whose crop long side is still >= size
+    long_side = max(box[2] - box[0], box[3] - box[1])
+    raw, level, decoder = pixels.get(min(_coarsest_level(long_side, size), preview_level))
+    y0, x0, y1, x1 = scale_box(box, 1 / 2**level, *raw.shape)
+    extended = (y0, x0, min(y1 + 1, raw.shape[0]), min(x1 + 1, raw.shape[1]))
+    unit, voi = to_unit(raw, ds, mono1, crop=extended if level else (y0, x0, y1, x1))
+    unit = align_level(unit, level)[: y1 - y0, : x1 - x0]
+    if flip:
+        unit = unit[:, ::-1]
+    image = fit_and_pad(unit, size, out_shape(box, size))
+    info = header_info(ds) | {
+        "voi": voi, "crop_y0": box[0], "crop_x0": box[1], "crop_y1": box[2], "crop_x1": box[3],
+        "flipped": bool(flip), "reduce": level, "decoder": decoder}
+    return Preprocessed(to_uint16(image), info)
+
+
+def _coarsest_level(long_side: int, target: int) -> int:
+    """Largest r with ceil(long_side / 2**r) >= target (0 when already smaller)."""
+    r = 0
+    while -(-long_side // 2 ** (r + 1)) >= target:
+        r += 1
+    return r
+
+
+# ------------------------------------------------------------------------ LUT and VOI
+
+def to_unit(raw: np.ndarray, ds: Dataset, mono1: bool,
+            crop: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, str]:
+    """Stored values -> modality LUT -> VOI -> [0, 1] float32 (-> inverted if MONOCHROME1).
+    The value range comes from the whole of `raw`; only `crop` (y0, x0, y1, x1) is returned.
+
+    pydicom's apply_modality_lut / apply_voi / apply_windowing do the work, applied once to
+    every distinct stored value (a lookup table) instead of to every pixel: same numbers,
+    a fraction of the time on a 4096 px image (tests compare it with pydicom's direct call)."""
+    region = raw if crop is None else raw[crop[0]:crop[2], crop[1]:crop[3]]
+    lo, hi = int(raw.min()), int(raw.max())
+    if raw.dtype.kind in "iu" and hi - lo < MAX_TABLE:
+        values = np.arange(lo, hi + 1, dtype=np.int64).astype(raw.dtype)
+        table, vmin, vmax, voi = voi_values(values, ds)
+        if raw.dtype.kind == "u":
+            index = region - raw.dtype.type(lo)  # stays unsigned: lo is the minimum
+        else:
+            index = region.astype(np.int32) - lo
+        out = _rescale(table, vmin, vmax)[index]
+    else:
+        out, vmin, vmax, voi = voi_values(region, ds)
+        out = _rescale(out, vmin, vmax)
+    return (1.0 - out if mono1 else out), voi
+
+
+def voi_values(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, float, str]:
+    """pydicom modality LUT + VOI (first window / first LUT when several) applied to
+    `values`, plus the nominal output range (vmin, vmax) and the VOI kind used."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns on float input to a VOI LUT
+        modality = apply_modality_lut(values, ds)
+        if _has_voi_lut(ds):
+            out = apply_voi(modality, ds)
+            lut = _lut_range(ds)
+            return out, lut[0], lut[1], "lut_sequence"
+        kind = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+        if "WindowCenter" in ds and "WindowWidth" in ds:
+            try:
+                out = apply_windowing(modality, ds)
+                with np.errstate(over="ignore"):  # SIGMOID at the probes
+                    ends = apply_windowing(np.array([-1e30, 1e30]), ds)
+                return out, float(ends[0]), float(ends[1]), kind.lower()
+            except (ValueError, TypeError, IndexError):
+                pass  # width < 1 or unknown function: fall back to the data range
+    modality = np.asarray(modality, dtype=np.float64)
+    return modality, float(modality.min()), float(modality.max()), "minmax"
+
+
+def _has_voi_lut(ds: Dataset) -> bool:
+    seq = ds.get("VOILUTSequence")
+    return bool(seq) and "LUTDescriptor" in seq[0] and "LUTData" in seq[0]
+
+
+def _lut_range(ds: Dataset) -> tuple[float, float]:
+    """Range of the first VOI LUT's entries (LUTs often use far less than their nominal
+    bit depth, so the nominal 2**bits - 1 would leave the image dark)."""
+    first, entries = int(ds.VOILUTSequence[0].LUTDescriptor[1]), int(
+        ds.VOILUTSequence[0].LUTDescriptor[0] or 65536)
+    lut = apply_voi(np.arange(first, first + entries, dtype=np.int64), ds)
+    return float(lut.min()), float(lut.max())
+
+
+def _rescale(arr: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    if vmax <= vmin:
+        return np.zeros(arr.shape, np.float32)
+    out = (np.asarray(arr, np.float64) - vmin) / (vmax - vmin)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- geometry
+
+def find_breast(unit: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding box (y0, x0, y1, x1) of the largest bright connected region of a small
+    tissue-bright [0, 1] image, with a small margin. Separate blobs (burned-in labels,
+    markers) are left out. An empty or flat image gives the whole image."""
+    h, w = unit.shape
+    img8 = cv2.GaussianBlur((unit * 255).astype(np.uint8), (3, 3), 0)
+    otsu, _ = cv2.threshold(img8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    # half the Otsu level: keeps faint fatty tissue when dense tissue and air are the modes
+    mask = (img8 > otsu / 2).astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count < 2:
+        return 0, 0, h, w
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, bw, bh = (int(v) for v in stats[best, :4])
+    m = max(2, round(0.01 * max(h, w)))
+    return max(0, y - m), max(0, x - m), min(h, y + bh + m), min(w, x + bw + m)
+
+
+def scale_box(box: tuple[int, int, int, int], factor: float, rows: int, cols: int
+              ) -> tuple[int, int, int, int]:
+    """Box scaled by `factor`, rounded outward, clipped to rows x cols."""
+    y0, x0, y1, x1 = box
+    return (int(np.floor(y0 * factor)), int(np.floor(x0 * factor)),
+            min(rows, int(np.ceil(y1 * factor))), min(cols, int(np.ceil(x1 * factor))))
+
+
+def align_level(unit: np.ndarray, level: int) -> np.ndarray:
+    """Move a J2K reduced-level image onto the grid of a box average of the full image.
+    A level-r sample i is a low-pass value centred on full-res pixel k*i (k = 2**r); a box
+    of k pixels is centred on k*i + (k-1)/2. Resampling at i + (k-1)/(2k) (bilinear)
+    cut the mean difference to full decode + INTER_AREA about 3x on a 4096 px image."""
+    if level == 0:
+        return unit
+    shift = (2**level - 1) / 2 ** (level + 1)
+    matrix = np.float32([[1, 0, shift], [0, 1, shift]])
+    return cv2.warpAffine(unit, matrix, (unit.shape[1], unit.shape[0]),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def laterality_of(ds: Dataset) -> str:
+    """'L', 'R' or '' from ImageLaterality, else Laterality."""
+    for key in ("ImageLaterality", "Laterality"):
+        value = str(ds.get(key, "") or "").strip().upper()
+        if value in ("L", "R"):
+            return value
+    return ""
+
+
+def tissue_on_right(unit: np.ndarray) -> bool:
+    """True when the right half holds more tissue: the chest wall is on the right."""
+    half = unit.shape[1] // 2
+    return float(unit[:, unit.shape[1] - half:].sum()) > float(unit[:, :half].sum())
+
+
+def out_shape(box: tuple[int, int, int, int], size: int) -> tuple[int, int]:
+    """(rows, cols) of the crop scaled so its long side is `size`, from the full-res box."""
+    h, w = box[2] - box[0], box[3] - box[1]
+    scale = size / max(h, w)
+    return max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
+
+
+def fit_and_pad(unit: np.ndarray, size: int, shape: tuple[int, int]) -> np.ndarray:
+    """Resize to `shape` (INTER_AREA down, INTER_LINEAR up) and pad with 0 to size x size:
+    flush left, centred vertically."""
+    oh, ow = shape
+    shrinking = oh <= unit.shape[0] and ow <= unit.shape[1]
+    resized = cv2.resize(np.ascontiguousarray(unit, np.float32), (ow, oh),
+                         interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    out = np.zeros((size, size), np.float32)
+    top = (size - oh) // 2
+    out[top:top + oh, :ow] = resized
+    return out
+
+
+def to_uint16(unit: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(unit, 0.0, 1.0) * 65535.0).astype(np.uint16)
+
+
+# ------------------------------------------------------------------------------- info
+
+def header_info(ds: Dataset) -> dict:
+    """Plain, PHI-free header facts for the manifest."""
+    return {
+        "patient_id": str(ds.get("PatientID", "") or ""),
+        "laterality": laterality_of(ds),
+        "view": str(ds.get("ViewPosition", "") or ""),
+        "rows": int(ds.Rows),
+        "columns": int(ds.Columns),
+        "bits_stored": int(ds.get("BitsStored", ds.get("BitsAllocated", 0)) or 0),
+        "photometric": str(ds.PhotometricInterpretation),
+        "transfer_syntax": str(ds.file_meta.TransferSyntaxUID),
+    }

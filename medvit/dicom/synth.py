@@ -1,0 +1,688 @@
+"""Synthetic mammograms in the RSNA Screening Mammography layout, made in code.
+
+`write_dataset(out, patients=20)` writes `out/train_images/<patient_id>/<image_id>.dcm`,
+`out/train.csv` (RSNA's columns), `out/lesion_masks/<image_id>.png` and `out/lesions.csv`.
+The files look like RSNA's: MG "For Presentation" SOP class, J2K lossless / JPEG lossless SV1 /
+explicit little endian, 12/14/16 bits stored, MONOCHROME1 and MONOCHROME2, single or multiple
+VOI windows (LINEAR or SIGMOID), a burned-in laterality marker, and fake PHI that carries
+`PHI_MARKER` so a scan of any output can grep for it.
+
+Everything is seeded: the same seed gives the same CSV and the same pixel data whatever the
+number of workers (each image draws from its own `SeedSequence((seed, 1, patient, view))`).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import cv2
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    generate_uid,
+)
+
+from medvit.errors import ConfigError, suggest
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PHI_MARKER = "MEDVITPHI"
+# Every identifying DICOM keyword synth fills with fake values (dates cannot carry the marker).
+PHI_KEYWORDS: tuple[str, ...] = (
+    "PatientName", "PatientBirthDate", "InstitutionName", "InstitutionAddress",
+    "ReferringPhysicianName", "OperatorsName", "ImageComments", "StudyDate",
+)
+CSV_COLUMNS: tuple[str, ...] = (
+    "site_id", "patient_id", "image_id", "laterality", "view", "age", "cancer", "biopsy",
+    "invasive", "BIRADS", "implant", "density", "machine_id", "difficult_negative_case",
+)
+LESION_COLUMNS: tuple[str, ...] = (
+    "image_id", "patient_id", "laterality", "view", "kind", "center_row", "center_col", "radius_px",
+)
+MAMMO_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image Storage - For Presentation
+SYNTAXES: tuple[str, ...] = (str(JPEG2000Lossless), str(JPEGLosslessSV1), str(ExplicitVRLittleEndian))
+SIZES = ("small", "full")
+VIEWS = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO"))
+KINDS = ("mass", "calcification", "both")
+# DICOM PatientOrientation (column direction, row direction) with the chest wall on the left
+# for L and on the right for R, as in RSNA.
+ORIENTATION = {("L", "CC"): ["A", "R"], ("L", "MLO"): ["A", "F"],
+               ("R", "CC"): ["P", "L"], ("R", "MLO"): ["P", "F"]}
+
+
+@dataclass(frozen=True)
+class Machine:
+    """One acquisition device: how its files are encoded and how big its images are."""
+
+    machine_id: int
+    site_id: int
+    syntax: str
+    bits_stored: int
+    photometric: str
+    voi_function: str
+    n_windows: int
+    rescale: bool  # writes RescaleSlope/Intercept (identity, as MG "for presentation" devices do)
+    full_shape: tuple[int, int]  # rows, cols
+    small_shape: tuple[int, int]
+    spacing_mm: float  # at full size
+    manufacturer: str
+    model: str
+    stored_range: tuple[float, float]  # fraction of the bit range the detector output spans
+    weight: float  # share of patients
+
+
+MACHINES: tuple[Machine, ...] = (
+    Machine(49, 1, str(JPEG2000Lossless), 12, "MONOCHROME2", "LINEAR", 1, True, (4096, 3328), (1024, 832),
+            0.07, "HOLOGIC, Inc.", "Selenia Dimensions", (0.0, 1.0), 0.30),
+    Machine(48, 1, str(JPEG2000Lossless), 12, "MONOCHROME1", "SIGMOID", 3, False, (2294, 1914), (1024, 854),
+            0.1, "GE MEDICAL SYSTEMS", "Senographe Essential", (0.02, 0.98), 0.15),
+    Machine(29, 2, str(JPEGLosslessSV1), 16, "MONOCHROME1", "LINEAR", 2, True, (5355, 4915), (1024, 940),
+            0.05, "FUJIFILM Corporation", "AMULET Innovality", (0.05, 0.62), 0.15),
+    Machine(93, 2, str(JPEGLosslessSV1), 14, "MONOCHROME2", "LINEAR", 1, False, (3328, 2560), (1024, 800),
+            0.07, "SIEMENS", "Mammomat Inspiration", (0.01, 0.75), 0.15),
+    Machine(21, 1, str(ExplicitVRLittleEndian), 14, "MONOCHROME2", "SIGMOID", 2, False, (3328, 2560),
+            (896, 688), 0.085, "Planmed", "Planmed Clarity 2D", (0.03, 0.9), 0.10),
+    Machine(170, 2, str(ExplicitVRLittleEndian), 16, "MONOCHROME1", "LINEAR", 3, True, (4096, 3328),
+            (896, 736), 0.07, "IMS s.r.l.", "Giotto Class", (0.0, 0.7), 0.15),
+)
+
+
+def machine_shape(machine: Machine, size: str) -> tuple[int, int]:
+    """(rows, cols) of this machine's images at `size` ("small" or "full")."""
+    if size not in SIZES:
+        raise ConfigError(f"synth size {size!r} is unknown; {suggest(size, SIZES)}")
+    return machine.full_shape if size == "full" else machine.small_shape
+
+
+# ---------------------------------------------------------------------------------------------
+# The image
+
+
+@dataclass
+class Lesion:
+    kind: str
+    center_row: int
+    center_col: int
+    radius_px: int
+
+
+@dataclass
+class SynthImage:
+    image: np.ndarray  # float32 (rows, cols) in [0, 1]; 1 = most attenuating (bright in MONOCHROME2)
+    mask: np.ndarray  # uint8 0/255 lesion mask, all 0 without a lesion
+    breast: np.ndarray  # bool: breast tissue incl. pectoral muscle
+    marker: np.ndarray  # bool: burned-in marker pixels
+    lesion: Lesion | None
+
+
+def _smooth_noise(rng: np.random.Generator, rows: int, cols: int, cells: int) -> np.ndarray:
+    """Roughly unit-variance noise, smooth on the scale of rows/cells: a coarse random grid
+    upsampled bicubically (much cheaper than a wide Gaussian filter at full size)."""
+    grid = rng.standard_normal((max(2, cells), max(2, round(cells * cols / rows))), dtype=np.float32)
+    h = min(rows, 4 * max(2, cells))  # cubic to 4 px per cell, then linear to full size
+    mid = cv2.resize(grid, (max(2, round(h * cols / rows)), h), interpolation=cv2.INTER_CUBIC)
+    return mid if h == rows else _upsample(mid, rows, cols)
+
+
+def _upsample(field: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    return cv2.resize(field, (cols, rows), interpolation=cv2.INTER_LINEAR)
+
+
+def _fractal_noise(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    """Sum of octaves, coarse ones strongest: a fibroglandular-looking texture. Built at a
+    quarter of the size (all octaves are smooth there), then upsampled once."""
+    h, w = max(8, rows // 4), max(8, cols // 4)
+    total = np.zeros((h, w), np.float32)
+    for cells, weight in ((6, 1.0), (14, 0.6), (32, 0.4), (80, 0.25)):
+        total += weight * _smooth_noise(rng, h, w, cells)
+    return _upsample(total / total.std(), rows, cols)
+
+
+def _grain(rng: np.random.Generator, shape: tuple[int, int], sd: float) -> np.ndarray:
+    """Near-Gaussian pixel noise (sum of two uniform bytes): 4x cheaper than standard_normal."""
+    n = shape[0] * shape[1]
+    a = np.frombuffer(rng.bytes(n), np.uint8).astype(np.float32)
+    a += np.frombuffer(rng.bytes(n), np.uint8)
+    a -= 255.0
+    a *= sd / 104.2  # std of the sum of two uniform bytes
+    return a.reshape(shape)
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3 - 2 * x)
+
+
+def _breast_shape(rng: np.random.Generator, rows: int, cols: int, view: str):
+    """Shape fields, chest wall on the left (column 0): rho, the normalised elliptic radius
+    (breast where rho < 1, the skin at 1), and for MLO the pectoral field (muscle where < 1)."""
+    yy = np.arange(rows, dtype=np.float32)[:, None]
+    xx = np.arange(cols, dtype=np.float32)[None, :]
+    mlo = view == "MLO"
+    cy = rows * (rng.uniform(0.52, 0.6) if mlo else rng.uniform(0.46, 0.54))
+    b = rows * (rng.uniform(0.42, 0.47) if mlo else rng.uniform(0.38, 0.45))
+    a = cols * rng.uniform(0.62, 0.84)
+    wobble = 0.025 * _smooth_noise(rng, rows, cols, 5)  # a slightly irregular skin outline
+    rho = np.sqrt(((yy - cy) / b) ** 2 + (xx / a) ** 2) + wobble
+    if not mlo:
+        return rho, None
+    # pectoral muscle: a triangle in the upper chest-wall corner with a bowed edge, and the
+    # axillary tissue alongside it
+    pw, ph = cols * rng.uniform(0.22, 0.38), rows * rng.uniform(0.35, 0.55)
+    pect = xx / pw + yy / ph + 0.04 * _smooth_noise(rng, rows, cols, 3)
+    rho = np.minimum(rho, np.maximum(xx / (1.4 * pw) + yy / (1.4 * ph) + wobble, 0.0))
+    return rho, pect
+
+
+def _anatomy(rng: np.random.Generator, rows: int, cols: int, view: str, density: str):
+    """Smooth parts of the image (fat, fibroglandular tissue, muscle) with the shape fields.
+    Everything here is smooth, so it is drawn at half size and upsampled by the caller."""
+    rho, pect = _breast_shape(rng, rows, cols, view)
+    thickness = np.sqrt(np.clip(1.0 - rho * rho, 0.0, 1.0))  # compressed breast thins to the skin
+    fat = 0.22 + 0.14 * np.sqrt(thickness)
+    thr = {"A": 1.1, "B": 0.55, "C": 0.0, "D": -0.55}[density]  # denser -> more glands
+    glands = _smoothstep((_fractal_noise(rng, rows, cols) - thr) / 1.8)
+    glands *= _smoothstep(thickness / 0.5)  # behind the nipple, not at the skin
+    img = fat + 0.27 * glands
+    if pect is not None:  # the muscle replaces the tissue under it, with a soft edge
+        muscle = _smoothstep((1.0 - pect) * rows / 6)
+        img += muscle * (0.6 + 0.04 * _smooth_noise(rng, rows, cols, 8) - img)
+    return img, rho, pect
+
+
+def _mass(rng: np.random.Generator, shape: tuple[int, int], cy: float, cx: float, radius: float):
+    """An irregular, spiculated mass: (intensity float32, body mask bool) over the whole image."""
+    rows, cols = shape
+    r0, r1 = int(max(0, cy - 3 * radius)), int(min(rows, cy + 3 * radius + 1))
+    c0, c1 = int(max(0, cx - 3 * radius)), int(min(cols, cx + 3 * radius + 1))
+    yy = np.arange(r0, r1, dtype=np.float32)[:, None] - cy
+    xx = np.arange(c0, c1, dtype=np.float32)[None, :] - cx
+    theta, dist = np.arctan2(yy, xx), np.hypot(yy, xx)
+    edge = np.ones_like(theta)
+    for k in range(2, 8):  # lobulated outline
+        edge += rng.uniform(0.03, 0.1) / (k / 2) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    edge *= radius
+    body = dist < edge
+    core = _smoothstep((edge - dist) / (0.35 * radius))  # dense centre, soft rim
+    spic = np.zeros(dist.shape, np.float32)
+    thick = max(1, round(radius / 18))
+    for ang in rng.uniform(0, 2 * np.pi, rng.integers(8, 17)):
+        length = radius * rng.uniform(1.4, 2.4)
+        end = (int(cx - c0 + length * np.cos(ang)), int(cy - r0 + length * np.sin(ang)))
+        cv2.line(spic, (int(cx - c0), int(cy - r0)), end, 1.0, thick, cv2.LINE_AA)
+    spic = cv2.GaussianBlur(spic, (0, 0), max(0.6, radius / 30))
+    local = np.maximum(core, 0.45 * spic)
+    out = np.zeros(shape, np.float32)
+    mask = np.zeros(shape, bool)
+    out[r0:r1, c0:c1], mask[r0:r1, c0:c1] = local, body
+    return out, mask
+
+
+def _calcifications(rng: np.random.Generator, shape: tuple[int, int], cy: float, cx: float,
+                    radius: float, scale: float):
+    """A cluster of tiny bright specks over a faint density (intensity float32) and the
+    cluster's disk (bool), drawn in a window around the centre."""
+    rows, cols = shape
+    r0, r1 = int(max(0, cy - 2 * radius)), int(min(rows, cy + 2 * radius + 1))
+    c0, c1 = int(max(0, cx - 2 * radius)), int(min(cols, cx + 2 * radius + 1))
+    ly, lx = cy - r0, cx - c0
+    local = np.zeros((r1 - r0, c1 - c0), np.float32)
+    n = int(rng.integers(10, 26))
+    pts = rng.normal(0, radius / 2.2, (n, 2))
+    pts *= np.minimum(1.0, radius / (np.hypot(pts[:, 0], pts[:, 1]) + 1e-6))[:, None]
+    for (dy, dx) in pts:
+        r = max(1, round(rng.uniform(1.0, 2.6) * scale))
+        cv2.circle(local, (int(lx + dx), int(ly + dy)), r, float(rng.uniform(0.8, 1.0)), -1, cv2.LINE_AA)
+    local = cv2.GaussianBlur(local, (0, 0), max(0.5, 0.6 * scale))
+    disk = np.zeros(local.shape, np.uint8)
+    cv2.circle(disk, (int(lx), int(ly)), int(radius), 1, -1)
+    haze = cv2.GaussianBlur(disk.astype(np.float32), (0, 0), radius / 3)
+    out = np.zeros(shape, np.float32)
+    mask = np.zeros(shape, bool)
+    out[r0:r1, c0:c1] = np.maximum(local, 0.35 * haze)
+    mask[r0:r1, c0:c1] = disk.astype(bool)
+    return out, mask
+
+
+def _place_lesion(rng: np.random.Generator, breast: np.ndarray, pect: np.ndarray, radius: float):
+    """A random centre well inside the breast: away from the skin and from the pectoral muscle."""
+    allowed = (breast & ~pect).astype(np.uint8)
+    dist = cv2.distanceTransform(allowed, cv2.DIST_L2, 5)
+    step = max(1, breast.shape[0] // 256)  # a coarse grid of candidates is plenty
+    sub = dist[::step, ::step]
+    cand = np.flatnonzero(sub > 1.8 * radius)
+    if cand.size == 0:
+        cand = np.flatnonzero(sub >= sub.max() * 0.8)
+    r, c = np.unravel_index(cand[rng.integers(cand.size)], sub.shape)
+    return float(r * step), float(c * step)
+
+
+def _draw_marker(img: np.ndarray, breast: np.ndarray, laterality: str, view: str) -> np.ndarray:
+    """Burn a bright 'L-CC'-style label in a top corner away from the chest wall (in place)."""
+    rows, cols = img.shape
+    text, font = f"{laterality}-{view}", cv2.FONT_HERSHEY_SIMPLEX
+    scale, thick = rows / 900, max(1, round(rows / 400))
+    (tw, th), _ = cv2.getTextSize(text, font, scale, thick)
+    pad = max(2, rows // 150)
+    x0 = cols - tw - 6 * pad if laterality == "L" else 3 * pad
+    y0 = 3 * pad
+    label = np.zeros(img.shape, np.uint8)
+    cv2.rectangle(label, (x0 - pad, y0 - pad), (x0 + tw + pad, y0 + th + 2 * pad), 255, max(1, thick // 2))
+    cv2.putText(label, text, (x0, y0 + th), font, scale, 255, thick, cv2.LINE_AA)
+    marker = (label > 0) & ~breast
+    img[marker] = np.maximum(img[marker], 0.97 * label[marker] / 255)
+    return marker
+
+
+def synthesize(rng: np.random.Generator, rows: int, cols: int, laterality: str, view: str, *,
+               lesion_kind: str | None = None, radius_frac: float | None = None,
+               density: str = "B") -> SynthImage:
+    """One mammogram in the stored geometry: L has the chest wall on the left edge, R on the right.
+
+    `lesion_kind` (mass | calcification | both) adds a lesion whose radius is `radius_frac` of the
+    breast height (default drawn from 0.03..0.06, i.e. a diameter of 6-12 %)."""
+    if laterality not in ("L", "R") or view not in ("CC", "MLO"):
+        raise ConfigError(f"synth: laterality must be L or R and view CC or MLO, got {laterality!r}, {view!r}")
+    if lesion_kind is not None and lesion_kind not in KINDS:
+        raise ConfigError(f"synth: lesion kind {lesion_kind!r} is unknown; {suggest(lesion_kind, KINDS)}")
+    h, w = (rows + 1) // 2, (cols + 1) // 2
+    base, rho, pect = (None if f is None else _upsample(f, rows, cols)
+                       for f in _anatomy(rng, h, w, view, density))
+    breast = rho < 1.0
+    pect = pect < 1.0 if pect is not None else np.zeros((rows, cols), bool)
+    fine = _smooth_noise(rng, rows, cols, 128)
+    img = base + 0.025 * fine
+
+    # Skin line: a thin bright band along the outline (the chest-wall edge has no skin).
+    inside = cv2.distanceTransform(breast.astype(np.uint8), cv2.DIST_L2, 3)
+    skin_px = max(1.5, rows / 450)
+    near = inside < 4 * skin_px
+    img[near] += 0.18 * np.exp(-((inside[near] - skin_px) / skin_px) ** 2)
+
+    np.copyto(img, np.float32(0.03), where=~breast)  # air
+    mask = np.zeros((rows, cols), np.uint8)
+    lesion = None
+    if lesion_kind is not None:
+        height = rows * 0.85
+        radius = height * (radius_frac if radius_frac is not None else rng.uniform(0.03, 0.06))
+        cy, cx = _place_lesion(rng, breast, pect, radius)
+        scale = rows / 1024
+        delta = rng.uniform(0.2, 0.27)
+        region = np.zeros((rows, cols), bool)
+        if lesion_kind in ("mass", "both"):
+            mass, body = _mass(rng, (rows, cols), cy, cx, radius)
+            img += delta * mass
+            region |= body
+        if lesion_kind in ("calcification", "both"):
+            calc_r = radius * (0.7 if lesion_kind == "both" else 1.0)
+            specks, disk = _calcifications(rng, (rows, cols), cy, cx, calc_r, scale)
+            img += 0.4 * specks
+            region |= disk
+        mask[region & breast] = 255
+        lesion = Lesion(lesion_kind, int(round(cy)), int(round(cx)), int(round(radius)))
+
+    img += _grain(rng, img.shape, 0.005)  # quantum noise
+    img = np.clip(img, 0.0, 1.0)
+    if laterality == "R":  # mirror so the chest wall is on the right
+        img, mask, breast = img[:, ::-1].copy(), mask[:, ::-1].copy(), breast[:, ::-1].copy()
+        if lesion is not None:
+            lesion.center_col = cols - 1 - lesion.center_col
+    marker = _draw_marker(img, breast, laterality, view)
+    return SynthImage(img, mask, breast, marker, lesion)
+
+
+def make_image(rng: np.random.Generator, rows: int, cols: int, laterality: str, view: str,
+               lesion: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(image float32 in [0, 1], lesion mask uint8 0/255) — `synthesize` with a random lesion kind."""
+    kind = str(rng.choice(KINDS, p=[0.6, 0.15, 0.25])) if lesion else None
+    out = synthesize(rng, rows, cols, laterality, view, lesion_kind=kind)
+    return out.image, out.mask
+
+
+def to_stored(image: np.ndarray, machine: Machine) -> np.ndarray:
+    """Map [0, 1] attenuation to the machine's stored uint16 values; MONOCHROME1 stores them
+    inverted (tissue low, air high)."""
+    top = 2**machine.bits_stored - 1
+    lo, hi = machine.stored_range[0] * top, machine.stored_range[1] * top
+    values = image if machine.photometric == "MONOCHROME2" else 1.0 - image
+    return np.rint(lo + values * (hi - lo)).astype(np.uint16)
+
+
+def voi_windows(stored: np.ndarray, breast: np.ndarray, n_windows: int) -> tuple[list[int], list[int]]:
+    """Window centres and widths spanning the breast tissue's stored values (the first is the
+    default; further ones are a harder and a softer window, as vendors ship them)."""
+    vals = stored[::4, ::4][breast[::4, ::4]]
+    lo, hi = np.percentile(vals, [1, 99]) if vals.size else (0, stored.max())
+    center, width = (lo + hi) / 2, max(hi - lo, 2.0)
+    factors = (1.0, 0.75, 1.35)[:n_windows]
+    return [int(round(center))] * n_windows, [int(round(width * f)) for f in factors]
+
+
+# ---------------------------------------------------------------------------------------------
+# The DICOM file
+
+
+def _uid(seed: int, *parts: Any) -> str:
+    return str(generate_uid(entropy_srcs=["medvit-synth", str(seed), *map(str, parts)]))
+
+
+def build_dataset(stored: np.ndarray, machine: Machine, info: dict[str, Any]) -> Dataset:
+    """Every tag of one synthetic MG file except the pixel data. `info` holds the row's ids,
+    laterality, view, UIDs, fake PHI, windows and pixel spacing."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = MAMMO_SOP_CLASS
+    ds.file_meta.MediaStorageSOPInstanceUID = info["sop_uid"]
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    ds.SOPClassUID = MAMMO_SOP_CLASS
+    ds.SOPInstanceUID = info["sop_uid"]
+    ds.StudyDate = info["study_date"]
+    ds.StudyTime = "101500"
+    ds.Modality = "MG"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.Manufacturer = machine.manufacturer
+    ds.ManufacturerModelName = machine.model
+    ds.InstitutionName = info["institution"]
+    ds.InstitutionAddress = info["address"]
+    ds.ReferringPhysicianName = info["referrer"]
+    ds.OperatorsName = info["operator"]
+    ds.PatientName = info["patient_name"]
+    ds.PatientID = str(info["patient_id"])
+    ds.PatientBirthDate = info["birth_date"]
+    ds.PatientSex = "F"
+    ds.BodyPartExamined = "BREAST"
+    ds.BreastImplantPresent = "NO"
+    ds.ViewPosition = info["view"]
+    ds.StudyInstanceUID = info["study_uid"]
+    ds.SeriesInstanceUID = info["series_uid"]
+    ds.StudyID = "1"
+    ds.AccessionNumber = ""
+    ds.SeriesNumber = 1 + VIEWS.index((info["laterality"], info["view"]))
+    ds.InstanceNumber = 1
+    ds.PatientOrientation = ORIENTATION[(info["laterality"], info["view"])]
+    ds.Laterality = info["laterality"]
+    ds.ImageLaterality = info["laterality"]
+    ds.ImageComments = info["comments"]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = machine.photometric
+    ds.Rows, ds.Columns = stored.shape
+    ds.PixelSpacing = ds.ImagerPixelSpacing = [info["spacing"], info["spacing"]]
+    ds.BitsAllocated = 16
+    ds.BitsStored = machine.bits_stored
+    ds.HighBit = machine.bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.BurnedInAnnotation = "YES"  # the laterality/view label
+    centers, widths = info["windows"]
+    ds.WindowCenter = centers[0] if len(centers) == 1 else centers
+    ds.WindowWidth = widths[0] if len(widths) == 1 else widths
+    ds.WindowCenterWidthExplanation = ["NORMAL", "HARDER", "SOFTER"][: len(centers)]
+    ds.VOILUTFunction = machine.voi_function
+    if machine.rescale:
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
+    ds.LossyImageCompression = "00"
+    return ds
+
+
+def _gdcm_jpeg_lossless(src: str, dst: str) -> None:
+    """Re-encode an uncompressed file as JPEG Lossless SV1 (process 14, first-order prediction).
+    pydicom has no encoder for this syntax, so GDCM does it, file to file."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(src)
+    if not reader.Read():
+        raise OSError(f"{src}: GDCM could not read the uncompressed file")
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    change.SetInput(reader.GetImage())
+    if not change.Change():
+        raise OSError(f"{src}: GDCM could not encode JPEG Lossless SV1")
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(dst)
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    if not writer.Write():
+        raise OSError(f"{dst}: GDCM could not write the file")
+
+
+def write_dicom(path: str | Path, ds: Dataset, stored: np.ndarray, syntax: str) -> None:
+    """Encode `stored` into `ds` with transfer syntax `syntax` and write it atomically to `path`."""
+    path = Path(path)
+    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
+    try:
+        ds.PixelData = stored.tobytes()
+        ds["PixelData"].VR = "OW"
+        if syntax == str(JPEG2000Lossless):
+            # OpenJPEG's default is 5 decomposition levels (6 resolutions): readers can decode
+            # at 1/2 .. 1/32 size.
+            ds.compress(JPEG2000Lossless, stored, encoding_plugin="pylibjpeg", generate_instance_uid=False)
+            ds.save_as(tmp, enforce_file_format=True)
+        elif syntax == str(JPEGLosslessSV1):
+            raw = tmp + ".raw"
+            try:
+                ds.save_as(raw, enforce_file_format=True)
+                _gdcm_jpeg_lossless(raw, tmp)
+            finally:
+                if os.path.exists(raw):
+                    os.unlink(raw)
+        elif syntax == str(ExplicitVRLittleEndian):
+            ds.save_as(tmp, enforce_file_format=True)
+        else:
+            raise ConfigError(f"synth: transfer syntax {syntax!r} is not one synth writes; "
+                              f"{suggest(syntax, SYNTAXES)}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_png(path: Path, mask: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    if not cv2.imwrite(str(tmp), mask):
+        raise OSError(f"{tmp}: could not write the lesion mask")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The data set
+
+
+FIRST_NAMES = ("Anna", "Maria", "Grace", "Helen", "Ruth", "Joan", "Carol", "Linda", "Irene", "Nadia")
+LAST_NAMES = ("Smith", "Garcia", "Novak", "Okafor", "Tanaka", "Muller", "Rossi", "Larsen", "Kaur", "Dubois")
+
+
+def _choose_machines(rng: np.random.Generator, n: int, pool: Sequence[Machine]) -> list[Machine]:
+    """Machines per patient, weighted; with n >= 3 every syntax and both photometric
+    interpretations in `pool` appear at least once (one machine per patient, as in RSNA)."""
+    weights = np.array([m.weight for m in pool])
+    picks = [pool[i] for i in rng.choice(len(pool), size=n, p=weights / weights.sum())]
+    need: list[Machine] = []
+    for syntax in dict.fromkeys(m.syntax for m in pool):
+        options = [m for m in pool if m.syntax == syntax]
+        need.append(options[rng.integers(len(options))])
+    for photometric in dict.fromkeys(m.photometric for m in pool):
+        if all(m.photometric != photometric for m in need):
+            options = [i for i, m in enumerate(need)
+                       if any(o.syntax == m.syntax and o.photometric == photometric for o in pool)]
+            if options:  # swap to the same syntax's machine with the missing photometric
+                i = options[rng.integers(len(options))]
+                need[i] = next(o for o in pool if o.syntax == need[i].syntax and o.photometric == photometric)
+            else:
+                need.append(next(o for o in pool if o.photometric == photometric))
+    if n >= 3 and n >= len(need):
+        for slot, machine in zip(rng.choice(n, size=len(need), replace=False), need):
+            picks[slot] = machine
+    return picks
+
+
+def _unique_ints(rng: np.random.Generator, n: int, low: int, high: int) -> list[int]:
+    seen: set[int] = set()
+    out: list[int] = []
+    while len(out) < n:
+        for v in rng.integers(low, high, size=n - len(out)).tolist():
+            if v not in seen:
+                seen.add(v)
+                out.append(v)
+    return out
+
+
+def _fake_date(rng: np.random.Generator, start: dt.date, days: int) -> dt.date:
+    return start + dt.timedelta(days=int(rng.integers(days)))
+
+
+def plan_dataset(patients: int, seed: int, cancer_rate: float, size: str,
+                 syntaxes: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One dict per image: the train.csv row plus what the worker needs to draw and write it."""
+    pool = list(MACHINES) if syntaxes is None else [m for m in MACHINES if m.syntax in set(syntaxes)]
+    rng = np.random.default_rng(np.random.SeedSequence((seed, 0)))
+    machines = _choose_machines(rng, patients, pool)
+    positive = rng.random(patients) < cancer_rate
+    if cancer_rate > 0 and patients >= 2 and not positive.any():
+        positive[rng.integers(patients)] = True
+    patient_ids = sorted(_unique_ints(rng, patients, 10000, 10000 + max(55535, 4 * patients)))
+    image_ids = _unique_ints(rng, 4 * patients, 100_000, 2**31 - 1)
+    rows: list[dict[str, Any]] = []
+    for p, (pid, machine) in enumerate(zip(patient_ids, machines)):
+        shape = machine_shape(machine, size)
+        spacing = round(machine.spacing_mm * machine.full_shape[0] / shape[0], 4)
+        study = _fake_date(rng, dt.date(2015, 1, 1), 5 * 365)
+        birth = _fake_date(rng, study - dt.timedelta(days=round(85 * 365.25)), round(45 * 365.25))
+        age = float((study - birth).days // 365.25)
+        density = str(rng.choice(list("ABCD"), p=[0.1, 0.45, 0.38, 0.07]))
+        sick = str(rng.choice(["L", "R"])) if positive[p] else None
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        phi = {
+            "patient_name": f"{PHI_MARKER}{last}^{first}",
+            "birth_date": birth.strftime("%Y%m%d"), "study_date": study.strftime("%Y%m%d"),
+            "institution": f"{PHI_MARKER} {last} Breast Centre",
+            "address": f"{int(rng.integers(1, 400))} {PHI_MARKER} Road, Springfield",
+            "referrer": f"{PHI_MARKER}Doctor^{rng.choice(FIRST_NAMES)}",
+            "operator": f"{PHI_MARKER}Tech^{rng.choice(FIRST_NAMES)}",
+            "comments": f"{PHI_MARKER} screening of {first} {last}, born {birth.isoformat()}",
+        }
+        breasts = {}
+        for side in ("L", "R"):
+            cancer = side == sick
+            biopsy = cancer or bool(rng.random() < 0.03)
+            birads = (0 if cancer else int(rng.choice([0, 1, 2], p=[0.1, 0.7, 0.2]))) if machine.site_id == 1 else None
+            breasts[side] = {
+                "cancer": int(cancer), "biopsy": int(biopsy),
+                "invasive": int(cancer and rng.random() < 0.7), "BIRADS": birads,
+                "difficult_negative_case": bool(biopsy and not cancer),
+                "kind": str(rng.choice(KINDS, p=[0.6, 0.15, 0.25])) if cancer else None,
+                "radius_frac": float(rng.uniform(0.03, 0.06)),
+            }
+        study_uid = _uid(seed, "study", pid)
+        for k, (side, view) in enumerate(VIEWS):
+            image_id = image_ids[4 * p + k]
+            b = breasts[side]
+            rows.append({
+                "site_id": machine.site_id, "patient_id": pid, "image_id": image_id,
+                "laterality": side, "view": view, "age": age, "cancer": b["cancer"],
+                "biopsy": b["biopsy"], "invasive": b["invasive"], "BIRADS": b["BIRADS"], "implant": 0,
+                "density": density if machine.site_id == 1 else None, "machine_id": machine.machine_id,
+                "difficult_negative_case": b["difficult_negative_case"],
+                # not in train.csv:
+                "_seed": (seed, 1, p, k), "_machine": machine, "_shape": shape, "_density": density,
+                "_kind": b["kind"], "_radius_frac": b["radius_frac"], "_spacing": spacing,
+                "_study_uid": study_uid, "_series_uid": _uid(seed, "series", pid, side, view),
+                "_sop_uid": _uid(seed, "sop", image_id), **{f"_{k2}": v for k2, v in phi.items()},
+            })
+    return rows
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)
+
+
+def render(row: dict[str, Any]) -> tuple[np.ndarray, SynthImage]:
+    """The stored uint16 pixels (and the drawing) of one planned image; same row, same pixels."""
+    rng = np.random.default_rng(np.random.SeedSequence(row["_seed"]))
+    rows, cols = row["_shape"]
+    synth = synthesize(rng, rows, cols, row["laterality"], row["view"], lesion_kind=row["_kind"],
+                       radius_frac=row["_radius_frac"], density=row["_density"])
+    return to_stored(synth.image, row["_machine"]), synth
+
+
+def make_file(row: dict[str, Any], out: str) -> dict[str, Any] | None:
+    """Draw, encode and write one image (and its lesion mask). Returns its lesions.csv row."""
+    machine: Machine = row["_machine"]
+    stored, synth = render(row)
+    info = {key[1:]: value for key, value in row.items() if key.startswith("_")}
+    info.update(patient_id=row["patient_id"], laterality=row["laterality"], view=row["view"],
+                windows=voi_windows(stored, synth.breast, machine.n_windows))
+    folder = Path(out) / "train_images" / str(row["patient_id"])
+    folder.mkdir(parents=True, exist_ok=True)
+    write_dicom(folder / f"{row['image_id']}.dcm", build_dataset(stored, machine, info), stored, machine.syntax)
+    if synth.lesion is None:
+        return None
+    masks = Path(out) / "lesion_masks"
+    masks.mkdir(parents=True, exist_ok=True)
+    _write_png(masks / f"{row['image_id']}.png", synth.mask)
+    les = synth.lesion
+    return {"image_id": row["image_id"], "patient_id": row["patient_id"], "laterality": row["laterality"],
+            "view": row["view"], "kind": les.kind, "center_row": les.center_row,
+            "center_col": les.center_col, "radius_px": les.radius_px}
+
+
+def _make_file_star(args: tuple[dict[str, Any], str]) -> dict[str, Any] | None:
+    return make_file(*args)
+
+
+def _write_csv(frame: "pd.DataFrame", path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def write_dataset(out: str | Path, patients: int = 20, seed: int = 0, cancer_rate: float = 0.25,
+                  size: str = "small", workers: int | None = None,
+                  syntaxes: Sequence[str] | None = None) -> "pd.DataFrame":
+    """Write a synthetic RSNA-layout data set to `out`; returns the train.csv frame."""
+    import multiprocessing as mp
+
+    import pandas as pd
+
+    if patients < 1:
+        raise ConfigError(f"synth: --patients must be at least 1, got {patients}")
+    if not 0.0 <= cancer_rate <= 1.0:
+        raise ConfigError(f"synth: --cancer-rate must be within 0..1, got {cancer_rate}")
+    if size not in SIZES:
+        raise ConfigError(f"synth: size {size!r} is unknown; {suggest(size, SIZES)}")
+    if syntaxes is not None:
+        syntaxes = [str(s) for s in syntaxes]
+        for s in syntaxes:
+            if s not in SYNTAXES:
+                raise ConfigError(f"synth: transfer syntax {s!r} is not one synth writes; {suggest(s, SYNTAXES)}")
+        if not syntaxes:
+            raise ConfigError("synth: syntaxes is empty; leave it out for all, or name some of "
+                              + ", ".join(SYNTAXES))
+    out = Path(out)
+    (out / "train_images").mkdir(parents=True, exist_ok=True)
+    plan = plan_dataset(patients, seed, cancer_rate, size, syntaxes)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(plan)))
+    jobs = [(row, str(out)) for row in plan]
+    if workers == 1:
+        lesions = [_make_file_star(job) for job in jobs]
+    else:
+        # forkserver: workers do not inherit a parent's threads (torch, tqdm) the way fork would.
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else None
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_init_worker) as pool:
+            lesions = list(pool.map(_make_file_star, jobs, chunksize=2))
+    frame = pd.DataFrame([{c: row[c] for c in CSV_COLUMNS} for row in plan], columns=list(CSV_COLUMNS))
+    frame["BIRADS"] = frame["BIRADS"].astype("Int64")
+    frame["age"] = frame["age"].astype(float)
+    _write_csv(frame, out / "train.csv")
+    lesion_frame = pd.DataFrame([r for r in lesions if r is not None], columns=list(LESION_COLUMNS))
+    _write_csv(lesion_frame, out / "lesions.csv")
+    return frame

@@ -1,0 +1,153 @@
+"""CIFAR-10 / MNIST readers and writers, label noise, stratified subsets, ArrayDataset items."""
+from __future__ import annotations
+
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from medvit.data.benchmarks import (ArrayDataset, benchmark_splits, label_noise, load_cifar10, load_mnist,
+                                    stratified_subset, write_cifar10, write_mnist)
+from medvit.data.transforms import build_transform
+from medvit.errors import MedvitError
+
+rng = np.random.default_rng(0)
+
+
+def fake(n, shape):
+    return rng.integers(0, 256, (n, *shape), dtype=np.uint8), np.arange(n) % 10
+
+
+def test_cifar_round_trip(tmp_path):
+    (xtr, ytr), (xte, yte) = fake(23, (32, 32, 3)), fake(7, (32, 32, 3))
+    d = write_cifar10(tmp_path, xtr, ytr, xte, yte)
+    assert sorted(p.name for p in d.iterdir()) == ["batches.meta", "data_batch_1", "data_batch_2", "data_batch_3",
+                                                   "data_batch_4", "data_batch_5", "test_batch"]
+    for root in (tmp_path, d):  # the parent or the batches folder itself
+        x, y = load_cifar10(root, train=True)
+        assert x.dtype == np.uint8 and np.array_equal(x, xtr) and np.array_equal(y, ytr)
+    x, y = load_cifar10(tmp_path, train=False)
+    assert np.array_equal(x, xte) and y.dtype == np.int64 and np.array_equal(y, yte)
+
+
+def test_cifar_channel_order_matches_the_format(tmp_path):
+    """The format stores 1024 R, then 1024 G, then 1024 B bytes, each row-major."""
+    img = np.zeros((1, 32, 32, 3), np.uint8)
+    img[0, 0, 1, 2] = 200  # row 0, column 1, blue
+    write_cifar10(tmp_path, img, [3], img, [3])
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        data = pickle.load(f, encoding="bytes")[b"data"]
+    assert data[0, 2 * 1024 + 1] == 200 and data[0].sum() == 200
+
+
+def test_cifar_errors_name_the_file(tmp_path):
+    with pytest.raises(MedvitError, match="no CIFAR-10 python files"):
+        load_cifar10(tmp_path, train=True)
+    write_cifar10(tmp_path, *fake(10, (32, 32, 3)), *fake(2, (32, 32, 3)))
+    bad = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(MedvitError, match="data_batch_3: not a CIFAR-10 python batch"):
+        load_cifar10(tmp_path, train=True)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_round_trip(tmp_path, gz):
+    (xtr, ytr), (xte, yte) = fake(15, (28, 28)), fake(4, (28, 28))
+    write_mnist(tmp_path, xtr, ytr, xte, yte, gz=gz)
+    assert (tmp_path / ("train-images-idx3-ubyte" + (".gz" if gz else ""))).is_file()
+    x, y = load_mnist(tmp_path, train=True)
+    assert x.shape == (15, 28, 28) and np.array_equal(x, xtr) and np.array_equal(y, ytr)
+    x, y = load_mnist(tmp_path, train=False)
+    assert np.array_equal(x, xte) and np.array_equal(y, yte)
+
+
+def test_mnist_header_is_the_real_idx_layout(tmp_path):
+    write_mnist(tmp_path, *fake(3, (28, 28)), *fake(1, (28, 28)), gz=True)
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz") as f:
+        head = f.read(16)
+    assert head == bytes.fromhex("00000803" "00000003" "0000001c" "0000001c")
+
+
+def test_mnist_bad_magic_and_missing_file(tmp_path):
+    write_mnist(tmp_path, *fake(3, (28, 28)), *fake(1, (28, 28)))
+    lab = tmp_path / "train-labels-idx1-ubyte"
+    lab.write_bytes(bytes.fromhex("00000803") + lab.read_bytes()[4:])  # image magic on a label file
+    with pytest.raises(MedvitError, match="train-labels-idx1-ubyte: bad IDX magic number 2051"):
+        load_mnist(tmp_path, train=True)
+    (tmp_path / "t10k-images-idx3-ubyte").unlink()
+    with pytest.raises(MedvitError, match="t10k-images-idx3-ubyte.*not found"):
+        load_mnist(tmp_path, train=False)
+
+
+def test_mnist_truncated_file(tmp_path):
+    write_mnist(tmp_path, *fake(3, (28, 28)), *fake(1, (28, 28)))
+    img = tmp_path / "train-images-idx3-ubyte"
+    img.write_bytes(img.read_bytes()[:-10])
+    with pytest.raises(MedvitError, match="train-images-idx3-ubyte: header says"):
+        load_mnist(tmp_path, train=True)
+
+
+def test_label_noise_fraction_other_class_and_determinism():
+    labels = np.arange(1000) % 10
+    noisy = label_noise(labels, 0.2, 10, seed=1)
+    changed = noisy != labels
+    assert changed.sum() == 200  # exactly the fraction, and each changed label is another class
+    assert noisy.min() >= 0 and noisy.max() <= 9
+    assert np.array_equal(label_noise(labels, 0.2, 10, seed=1), noisy)
+    assert not np.array_equal(label_noise(labels, 0.2, 10, seed=2), noisy)
+    assert np.array_equal(label_noise(labels, 0.0, 10, seed=1), labels)
+    assert len(set(noisy[changed].tolist())) == 10  # replacements spread over the classes
+
+
+def test_stratified_subset_is_proportional_nested_and_seeded():
+    labels = np.array([0] * 500 + [1] * 300 + [2] * 200)
+    small, big = stratified_subset(labels, 50, seed=0), stratified_subset(labels, 200, seed=0)
+    assert len(small) == 50 and len(np.unique(small)) == 50
+    for idx, size in ((small, 50), (big, 200)):
+        counts = np.bincount(labels[idx], minlength=3)
+        assert np.all(np.abs(counts - size * np.array([0.5, 0.3, 0.2])) <= 1)
+    assert set(small) <= set(big)  # nested: learning-curve training sets grow
+    assert np.array_equal(stratified_subset(labels, 50, seed=0), small)
+    assert not np.array_equal(stratified_subset(labels, 50, seed=1), small)
+
+
+def test_benchmark_splits_mnist_resized_with_noise_and_subset(tmp_path):
+    (xtr, ytr), (xte, yte) = fake(40, (28, 28)), fake(10, (28, 28))
+    write_mnist(tmp_path, xtr, ytr, xte, yte)
+    train, test = benchmark_splits("mnist", tmp_path, image_size=32, noise=0.25, seed=0, train_size=20)
+    assert len(train) == 20 and len(test) == 10 and train.in_chans == 1 and train.num_classes == 10
+    x, y = train[0]
+    assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert (train.labels != train.clean_labels).sum() == 5  # noise on training labels only
+    assert np.array_equal(test.labels, yte)
+    kept = [int(i.rsplit("-", 1)[1]) for i in train.ids]
+    assert np.array_equal(train.clean_labels, ytr[kept]) and train.ids[0].startswith("mnist-train-")
+    assert np.bincount(train.labels.clip(0), minlength=10).sum() == 20
+
+
+def test_benchmark_splits_cifar_grayscale_and_values(tmp_path):
+    (xtr, ytr), (xte, yte) = fake(12, (32, 32, 3)), fake(3, (32, 32, 3))
+    write_cifar10(tmp_path, xtr, ytr, xte, yte)
+    train, test = benchmark_splits("cifar10", tmp_path)
+    x, y = test[1]
+    assert x.shape == (3, 32, 32) and y == yte[1]
+    assert torch.allclose(x, torch.from_numpy(xte[1].transpose(2, 0, 1) / 255.0).float())
+    gray, _ = benchmark_splits("cifar10", tmp_path, grayscale=True)
+    assert gray.in_chans == 1 and gray[0][0].shape == (1, 32, 32)
+    with pytest.raises(MedvitError, match="unknown benchmark 'svhn'"):
+        benchmark_splits("svhn", tmp_path)
+
+
+def test_array_dataset_normalise_and_seeded_augmentation():
+    images, labels = fake(6, (28, 28))
+    aug = build_transform({"vflip": 0.5, "affine": {"p": 1.0}}, train=True)
+    ds = ArrayDataset(images, labels, 32, normalize=(0.5, 0.25), transform=aug, seed=3)
+    ds.set_epoch(1)
+    a = ds[4][0]
+    ds[0], ds[5]
+    assert torch.equal(ds[4][0], a) and a.shape == (1, 32, 32)
+    assert a.min() < 0  # normalised: (0 - 0.5) / 0.25 = -2 where padding/black
+    ds.set_epoch(2)
+    assert not torch.equal(ds[4][0], a)

@@ -1,0 +1,350 @@
+"""medvit.ingest: manifest + cache from a DICOM folder; resume, kill -9, bad input, no PHI."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from medvit.cli import main
+from medvit.dicom import synth
+from medvit.ingest import (
+    DEFAULT_DATA_DIR,
+    JOURNAL_NAME,
+    assign_folds,
+    assign_image_ids,
+    ingest,
+    read_journal,
+)
+
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def read_manifest(out: Path) -> list[dict]:
+    with open(out / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def dicoms(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.dcm"))
+
+
+def no_temp_files(out: Path) -> bool:
+    return not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.fixture(scope="module")
+def rsna(tmp_path_factory) -> Path:
+    """4 patients (16 images) in the RSNA layout; read-only for the tests."""
+    root = tmp_path_factory.mktemp("rsna")
+    synth.write_dataset(root, patients=4, seed=7, cancer_rate=0.5, size="small", workers=2)
+    return root
+
+
+@pytest.fixture()
+def rsna_copy(rsna, tmp_path) -> Path:
+    dst = tmp_path / "src"
+    shutil.copytree(rsna, dst)  # copy2: same mtimes
+    return dst
+
+
+# ----------------------------------------------------------------------------- RSNA layout
+
+def test_rsna_ingest_via_cli(rsna, tmp_path, capsys):
+    out = tmp_path / "data"
+    assert main(["ingest", str(rsna), "--out", str(out), "--size", "128", "--workers", "2",
+                 "--folds", "2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "ok 16" in printed and "error 0" in printed
+
+    rows = read_manifest(out)
+    files = dicoms(rsna / "train_images")
+    assert len(rows) == len(files) == 16
+    assert [r["path"] for r in rows] == sorted(str(p.relative_to(rsna).as_posix()) for p in files)
+    labels = {r["image_id"]: r for r in csv.DictReader(open(rsna / "train.csv"))}
+    for r in rows:
+        assert r["status"] == "ok" and r["error"] == ""
+        truth = labels[r["image_id"]]
+        assert (r["label"], r["patient_id"], r["laterality"], r["view"]) == (
+            truth["cancer"], truth["patient_id"], truth["laterality"], truth["view"])
+        image = np.load(out / r["cache"])
+        assert image.shape == (128, 128) and image.dtype == np.uint16
+        assert image.max() > 0
+        assert r["settings"].startswith("size=128;")
+        assert int(r["rows"]) > 0 and r["transfer_syntax"] in synth.SYNTAXES
+    # Folds: every patient in exactly one fold; both folds hold both classes (stratified).
+    folds_of = {}
+    for r in rows:
+        folds_of.setdefault(r["patient_id"], set()).add(r["fold"])
+    assert all(len(f) == 1 for f in folds_of.values())
+    assert {r["fold"] for r in rows} == {"0", "1"}
+    for fold in ("0", "1"):
+        assert {r["label"] for r in rows if r["fold"] == fold} == {"0", "1"}
+    summary = json.loads((out / "ingest.json").read_text())["summary"]
+    assert summary["ok"] == 16 and summary["labels_without_file"] == 0
+    assert summary["files_without_label"] == 0
+    assert (out / "missing_files.csv").read_text().strip() == "image_id,patient_id"
+    assert no_temp_files(out)
+
+
+def test_default_out_dir_and_512(rsna, tmp_path, monkeypatch):
+    """No --out: ./medvit-data, where `medvit train` looks; full 512x512 images."""
+    src = tmp_path / "one"
+    shutil.copytree(rsna / "train_images", src / "train_images",
+                    ignore=lambda d, names: names[2:] if d.endswith("train_images") else [])
+    monkeypatch.chdir(tmp_path)
+    assert main(["ingest", str(src), "--workers", "1", "--no-progress"]) == 0
+    rows = read_manifest(tmp_path / DEFAULT_DATA_DIR)
+    assert len(rows) == 8
+    for r in rows:
+        image = np.load(tmp_path / DEFAULT_DATA_DIR / r["cache"])
+        assert image.shape == (512, 512) and image.dtype == np.uint16
+
+
+def test_tree_without_suffix_or_labels(rsna, tmp_path):
+    src = tmp_path / "tree"
+    picked = dicoms(rsna / "train_images")[:3]
+    for i, path in enumerate(picked):
+        dst = src / f"study{i}" / "series" / f"1.2.840.99.{i}"  # UID-like name, no .dcm
+        dst.parent.mkdir(parents=True)
+        shutil.copy2(path, dst)
+    (src / ".DS_Store").write_text("hidden: skipped")
+    out = tmp_path / "data"
+    summary = ingest(src, out, size=64, workers=1, progress=False)
+    rows = read_manifest(out)
+    assert [r["image_id"] for r in rows] == ["1.2.840.99.0", "1.2.840.99.1", "1.2.840.99.2"]
+    assert summary["ok"] == 3 and "labelled" not in summary
+    for r, path in zip(rows, picked):
+        assert r["status"] == "ok" and r["label"] == "" and r["fold"] == "-1"
+        assert r["patient_id"] == path.parent.name  # synth writes PatientID = the RSNA patient id
+    assert not (out / "missing_files.csv").exists()
+
+
+def test_colliding_stems_get_distinct_deterministic_ids():
+    rels = ["a/x.dcm", "b/x.dcm", "c/y", "c/z.DCM"]
+    ids = assign_image_ids(rels)
+    assert ids["c/y"] == "y" and ids["c/z.DCM"] == "z"
+    assert ids["a/x.dcm"] != ids["b/x.dcm"] and ids["a/x.dcm"].startswith("x-")
+    assert assign_image_ids(list(reversed(rels))) == ids
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _bad_tree(rsna: Path, root: Path) -> dict[str, str]:
+    """Two good files plus one of each kind of bad input; returns name -> expected reason."""
+    good = dicoms(rsna / "train_images")[:2]
+    root.mkdir()
+    for p in good:
+        shutil.copy2(p, root / p.name)
+    (root / "notes.txt").write_text("not a DICOM file\n")
+    shutil.copy2(PYDICOM_FILES / "dicomdirtests" / "DICOMDIR", root / "DICOMDIR")
+    shutil.copy2(PYDICOM_FILES / "rtplan.dcm", root / "rtplan.dcm")
+    shutil.copy2(PYDICOM_FILES / "examples_rgb_color.dcm", root / "color.dcm")
+    shutil.copy2(PYDICOM_FILES / "examples_ybr_color.dcm", root / "multiframe.dcm")
+    data = good[0].read_bytes()
+    (root / "truncated.dcm").write_bytes(data[: len(data) // 2])
+    ds = pydicom.dcmread(good[0])
+    ds.Rows, ds.Columns = 60000, 60000
+    ds.save_as(root / "huge.dcm")
+    return {"notes.txt": "not_dicom", "DICOMDIR": "no_pixels", "rtplan.dcm": "no_pixels",
+            "color.dcm": "color", "multiframe.dcm": "multiframe", "truncated.dcm": "truncated",
+            "huge.dcm": "bad_dimensions"}
+
+
+def test_bad_inputs_become_error_rows(rsna, tmp_path):
+    expected = _bad_tree(rsna, tmp_path / "bad")
+    out = tmp_path / "data"
+    summary = ingest(tmp_path / "bad", out, size=64, workers=1, progress=False)
+    rows = {r["path"]: r for r in read_manifest(out)}
+    assert len(rows) == len(expected) + 2
+    got = {name: rows[name]["reason"] for name in expected}
+    assert got == expected
+    for name in expected:
+        assert rows[name]["status"] == "error" and rows[name]["cache"] == ""
+        assert rows[name]["error"].startswith(expected[name])
+    assert sum(r["status"] == "ok" for r in rows.values()) == 2
+    assert summary["ok"] == 2 and summary["error"] == len(expected)
+    assert sum(summary["errors_by_reason"].values()) == len(expected)
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(
+        r["cache"].split("/")[-1] for r in rows.values() if r["status"] == "ok")
+
+
+def crash_on_marked(path: str, size: int):
+    """Test preprocess: kills its worker process on files named crash*, else the real one."""
+    if Path(path).name.startswith("crash"):
+        os._exit(3)
+    from medvit.dicom.normalize import preprocess
+
+    return preprocess(path, size=size)
+
+
+def test_worker_crash_is_isolated_to_its_file(rsna, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    good = dicoms(rsna / "train_images")[:4]
+    for p in good:
+        shutil.copy2(p, src / p.name)
+    shutil.copy2(good[0], src / "crash.dcm")
+    out = tmp_path / "data"
+    summary = ingest(src, out, size=32, workers=2, progress=False, preprocess=crash_on_marked)
+    rows = {r["path"]: r for r in read_manifest(out)}
+    assert rows["crash.dcm"]["reason"] == "worker_crash"
+    assert all(r["status"] == "ok" for name, r in rows.items() if name != "crash.dcm")
+    assert summary["errors_by_reason"] == {"worker_crash": 1}
+
+
+def test_label_rows_without_files_and_files_without_labels(rsna_copy, tmp_path, capsys):
+    files = dicoms(rsna_copy / "train_images")
+    gone = files[0]
+    gone.unlink()
+    extra = files[1].parent / "123.dcm"
+    shutil.copy2(files[1], extra)
+    out = tmp_path / "data"
+    assert main(["ingest", str(rsna_copy), "--out", str(out), "--size", "32", "--workers", "1",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "ingest.json").read_text())["summary"]
+    assert summary["labels_without_file"] == 1 and summary["labels_without_file_examples"] == [gone.stem]
+    assert summary["files_without_label"] == 1 and summary["files_without_label_examples"] == ["123"]
+    assert gone.stem in printed and "123" in printed
+    missing = list(csv.DictReader(open(out / "missing_files.csv")))
+    assert missing == [{"image_id": gone.stem, "patient_id": gone.parent.name}]
+    rows = {r["image_id"]: r for r in read_manifest(out)}
+    assert rows["123"]["label"] == "" and rows["123"]["fold"] == "-1" and rows["123"]["status"] == "ok"
+    assert rows["123"]["patient_id"] == extra.parent.name
+
+
+def test_unknown_label_column_names_the_file(rsna, tmp_path, capsys):
+    assert main(["ingest", str(rsna), "--out", str(tmp_path / "d"), "--label-column", "cancr"]) == 2
+    err = capsys.readouterr().err
+    assert "train.csv" in err and "cancer" in err
+
+
+# ----------------------------------------------------------------------------- folds
+
+def _rows(patients: list[str], labels: list[str]) -> list[dict]:
+    return [{"status": "ok", "label": y, "patient_id": p, "fold": "-1"} for p, y in zip(patients, labels)]
+
+
+def test_folds_fall_back_without_crashing():
+    msgs: list[str] = []
+    rows = _rows(["a", "a", "b", "c"], ["0", "0", "0", "0"])  # one class, 3 patients < 4 folds
+    info = assign_folds(rows, 4, 0, msgs.append)
+    assert info == {"folds": 3, "method": "GroupKFold"} and len(msgs) == 2
+    assert rows[0]["fold"] == rows[1]["fold"] and len({r["fold"] for r in rows}) == 3
+    one = _rows(["a", "a"], ["0", "1"])
+    assert assign_folds(one, 4, 0, msgs.append)["folds"] == 1 and {r["fold"] for r in one} == {"0"}
+
+
+def test_folds_grouped_stratified_deterministic():
+    patients = [f"p{i // 2}" for i in range(40)]
+    labels = ["1" if i // 2 % 4 == 0 else "0" for i in range(40)]
+    a, b = _rows(patients, labels), _rows(patients, labels)
+    assign_folds(a, 4, 0, print)
+    assign_folds(b, 4, 0, print)
+    assert [r["fold"] for r in a] == [r["fold"] for r in b]
+    for fold in "0123":
+        assert {r["label"] for r in a if r["fold"] == fold} == {"0", "1"}
+    by_patient = {}
+    for r in a:
+        by_patient.setdefault(r["patient_id"], set()).add(r["fold"])
+    assert all(len(f) == 1 for f in by_patient.values())
+
+
+# ----------------------------------------------------------------------------- resume
+
+def _npy_mtimes(out: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (out / "images").glob("*.npy")}
+
+
+def test_resume_skips_done_and_redoes_changed(rsna_copy, tmp_path):
+    out = tmp_path / "data"
+    first = ingest(rsna_copy, out, size=32, workers=1, progress=False)
+    assert first["processed"] == 16
+    manifest = (out / "manifest.csv").read_bytes()
+    mtimes = _npy_mtimes(out)
+
+    again = ingest(rsna_copy, out, size=32, workers=1, progress=False)
+    assert again["skipped"] == 16 and again["processed"] == 0
+    assert _npy_mtimes(out) == mtimes and (out / "manifest.csv").read_bytes() == manifest
+
+    changed = dicoms(rsna_copy / "train_images")[3]
+    st = changed.stat()
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    deleted = out / "images" / f"{dicoms(rsna_copy / 'train_images')[5].stem}.npy"
+    deleted.unlink()
+    third = ingest(rsna_copy, out, size=32, workers=1, progress=False)
+    assert third["processed"] == 2 and deleted.exists()
+    now = _npy_mtimes(out)
+    assert sorted(n for n in mtimes if now[n] != mtimes[n]) == sorted([f"{changed.stem}.npy", deleted.name])
+
+    fourth = ingest(rsna_copy, out, size=48, workers=1, progress=False)
+    assert fourth["processed"] == 16
+    assert np.load(out / "images" / f"{changed.stem}.npy").shape == (48, 48)
+    assert len(read_journal(out / JOURNAL_NAME)) == 16
+
+
+def test_kill_and_resume_matches_uninterrupted_run(rsna, tmp_path):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    cmd = [sys.executable, "-m", "medvit", "ingest", str(rsna), "--out", str(killed),
+           "--size", "256", "--workers", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = killed / JOURNAL_NAME
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_bytes().count(b"\n") >= 4:
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (killed / "manifest.csv").exists()
+    done_before = len(read_journal(journal))
+    assert 4 <= done_before < 16
+
+    resumed = ingest(rsna, killed, size=256, workers=1, progress=False)
+    assert resumed["skipped"] == done_before
+    ingest(rsna, clean, size=256, workers=2, progress=False)
+    assert (killed / "manifest.csv").read_bytes() == (clean / "manifest.csv").read_bytes()
+    a, b = sorted((killed / "images").iterdir()), sorted((clean / "images").iterdir())
+    assert [p.name for p in a] == [p.name for p in b] and len(a) == 16
+    assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b))
+    assert no_temp_files(killed)
+
+
+# ----------------------------------------------------------------------------- PHI
+
+def test_no_phi_in_any_output(rsna, tmp_path, capfd):
+    out = tmp_path / "data"
+    src = tmp_path / "src"
+    shutil.copytree(rsna, src)
+    (src / "train_images" / "junk.dcm").write_text("broken")
+    assert main(["ingest", str(src), "--out", str(out), "--size", "32", "--workers", "1"]) == 0
+    captured = capfd.readouterr()
+    secrets = {synth.PHI_MARKER}
+    for path in dicoms(rsna / "train_images"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for keyword in synth.PHI_KEYWORDS:
+            value = str(ds.get(keyword, "") or "")
+            if value:
+                secrets.add(value)
+                secrets.update(part for part in value.replace("^", " ").split() if len(part) > 3)
+    birth = {str(pydicom.dcmread(p, stop_before_pixels=True).PatientBirthDate)
+             for p in dicoms(rsna / "train_images")}
+    secrets |= birth | {f"{b[:4]}-{b[4:6]}-{b[6:]}" for b in birth}
+    secrets.discard("")
+    blobs = {"stdout": captured.out.encode(), "stderr": captured.err.encode()}
+    for p in out.rglob("*"):
+        if p.is_file():
+            blobs[str(p)] = p.read_bytes()
+    assert len(blobs) > 16 + 4
+    leaks = [(name, s) for name, blob in blobs.items() for s in secrets if s.encode() in blob]
+    assert leaks == []

@@ -1,0 +1,236 @@
+"""preprocess(): VOI equal to pydicom's, geometry (crop, orientation, padding), and the
+reduced-resolution JPEG 2000 path against a full decode + INTER_AREA reference."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+import medvit.dicom.read as read
+from medvit.dicom.normalize import out_shape, preprocess, to_unit
+
+from dicom_factory import breast_image, write_dicom
+
+SIZE = 128  # small target for the small factory images
+
+
+def bundled(name: str) -> str:
+    path = get_testdata_file(name, download=False)  # never reach the network
+    assert path is not None, name
+    return path
+
+
+def reference(path, info: dict, size: int, top_value: float) -> np.ndarray:
+    """Naive path: pydicom full decode -> pydicom LUTs -> same crop/flip -> INTER_AREA."""
+    ds = pydicom.dcmread(path)
+    out = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds) / top_value
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        out = 1.0 - out
+    box = (info["crop_y0"], info["crop_x0"], info["crop_y1"], info["crop_x1"])
+    out = out[box[0]:box[2], box[1]:box[3]]
+    if info["flipped"]:
+        out = out[:, ::-1]
+    oh, ow = out_shape(box, size)
+    small = cv2.resize(np.ascontiguousarray(out, np.float32), (ow, oh),
+                       interpolation=cv2.INTER_AREA)
+    img = np.zeros((size, size), np.float32)
+    top = (size - oh) // 2
+    img[top:top + oh, :ow] = small
+    return np.rint(np.clip(img, 0, 1) * 65535).astype(np.uint16)
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b).mean() / 65535)
+
+
+# ------------------------------------------------------------------- VOI == pydicom
+
+def _ds(tmp_path, bits=12, **kw):
+    img = breast_image(64, 48, bits=bits, seed=3)
+    path = write_dicom(tmp_path / "v.dcm", img, bits_stored=bits, **kw)
+    ds = pydicom.dcmread(path)
+    return ds, ds.pixel_array
+
+
+@pytest.mark.parametrize("kw, label, bounds", [
+    ({"window": (1500, 2200)}, "linear", (0, 4095)),
+    ({"window": (1500, 2200), "voi_function": "LINEAR_EXACT"}, "linear_exact", (0, 4095)),
+    ({"window": (1800, 900), "voi_function": "SIGMOID"}, "sigmoid", (0, 4095)),
+    ({"window": ([1200, 2500], [1000, 3000])}, "linear", (0, 4095)),  # first window wins
+    ({"window": (300, 600), "rescale": (0.5, -100)}, "linear", (-100, 0.5 * 4095 - 100)),
+    ({}, "minmax", None),
+])
+def test_voi_equals_pydicom_windowing(tmp_path, kw, label, bounds):
+    ds, raw = _ds(tmp_path, **kw)
+    mine, voi = to_unit(raw, ds, mono1=False)
+    theirs = apply_voi_lut(apply_modality_lut(raw, ds), ds).astype(np.float64)
+    lo, hi = bounds if bounds else (theirs.min(), theirs.max())
+    assert voi == label
+    np.testing.assert_allclose(mine, np.clip((theirs - lo) / (hi - lo), 0, 1), atol=1e-6)
+
+
+def test_voi_lut_sequence_equals_pydicom(tmp_path):
+    lut = (np.sqrt(np.arange(3000) / 2999) * 1000 + 20).astype(np.uint16)  # uses 20..1020
+    ds, raw = _ds(tmp_path, voi_lut=(lut, 500, 16), window=(100, 50))  # LUT beats window
+    mine, voi = to_unit(raw, ds, mono1=True)
+    theirs = apply_voi_lut(raw, ds).astype(np.float64)
+    assert voi == "lut_sequence"
+    np.testing.assert_allclose(mine, 1 - (theirs - 20) / 1000, atol=1e-6)
+
+
+def test_voi_crop_is_a_window_of_the_whole(tmp_path):
+    ds, raw = _ds(tmp_path, window=(1500, 2200))
+    whole, _ = to_unit(raw, ds, mono1=False)
+    part, _ = to_unit(raw, ds, mono1=False, crop=(5, 7, 40, 30))
+    np.testing.assert_array_equal(part, whole[5:40, 7:30])
+
+
+# ------------------------------------------------------------------ geometry, kinds
+
+def _side_means(image: np.ndarray) -> tuple[float, float]:
+    cols = np.nonzero(image.max(axis=0))[0]
+    width = cols.max() + 1
+    return float(image[:, : width // 4].mean()), float(image[:, width - width // 4: width].mean())
+
+
+@pytest.mark.parametrize("syntax", ["explicit", "j2k", "sv1", "rle", "implicit"])
+@pytest.mark.parametrize("bits, photometric, laterality", [
+    (12, "MONOCHROME2", "L"), (14, "MONOCHROME1", "R"), (16, "MONOCHROME2", None),
+    (12, "MONOCHROME1", None),
+])
+def test_preprocess_kinds(tmp_path, syntax, bits, photometric, laterality):
+    right = laterality == "R" or (laterality is None and bits == 16)
+    img = breast_image(320, 256, bits=bits, right=right, seed=bits)
+    stored = (2**bits - 1 - img) if photometric == "MONOCHROME1" else img
+    path = write_dicom(tmp_path / "x.dcm", stored, syntax=syntax, bits_stored=bits,
+                       photometric=photometric, laterality=laterality,
+                       window=(2 ** (bits - 1), 2**bits))
+    result = preprocess(path, size=SIZE)
+    image, info = result.image, result.info
+    assert image.shape == (SIZE, SIZE) and image.dtype == np.uint16
+    chest, nipple_side = _side_means(image)
+    assert chest > 2 * nipple_side  # tissue bright and chest wall on the left
+    assert image[:, 0].max() > 30000  # flush left
+    assert info["flipped"] == right
+    assert info["photometric"] == photometric and info["bits_stored"] == bits
+    assert info["transfer_syntax"] == str(pydicom.dcmread(path).file_meta.TransferSyntaxUID)
+    # crop box: the ellipse spans rows 0.10..0.94 and 68 % of the width; the label is out
+    y0, x0, y1, x1 = (info[k] for k in ("crop_y0", "crop_x0", "crop_y1", "crop_x1"))
+    assert y0 <= 0.11 * 320 and y1 >= 0.93 * 320 and y1 - y0 < 0.95 * 320
+    label_x0, label_x1 = 256 - 256 // 30 - 256 // 8, 256 - 256 // 30
+    if right:
+        assert x1 == 256 and x0 >= 0.25 * 256 and x0 > 256 - label_x0
+    else:
+        assert x0 == 0 and x1 <= 0.75 * 256 and x1 < label_x0
+    assert json.loads(json.dumps(info)) == info
+
+
+def test_marker_excluded_and_no_phi(tmp_path):
+    img = breast_image(300, 240, seed=5)
+    path = write_dicom(tmp_path / "m.dcm", img, window=(2048, 4096), patient_id="P42")
+    result = preprocess(path, size=SIZE)
+    assert result.info["crop_x1"] < 240 - 240 // 30 - 240 // 8
+    # the label (brightest thing in the file) must not survive into the output's right part
+    oh, ow = out_shape((result.info["crop_y0"], 0, result.info["crop_y1"],
+                        result.info["crop_x1"]), SIZE)
+    assert result.image[:, ow:].max() == 0
+    text = json.dumps(result.info)
+    assert result.info["patient_id"] == "P42"
+    assert "Test" not in text and "1950" not in text
+
+
+def test_flat_and_black_images_keep_the_whole_frame(tmp_path):
+    for value in (0, 1000):
+        img = np.full((64, 48), value, np.uint16)
+        path = write_dicom(tmp_path / f"f{value}.dcm", img, laterality=None)
+        result = preprocess(path, size=SIZE)
+        info = result.info
+        assert (info["crop_y0"], info["crop_x0"], info["crop_y1"], info["crop_x1"]) == (0, 0, 64, 48)
+        assert result.image.shape == (SIZE, SIZE)
+        assert info["voi"] == "minmax"
+
+
+def test_laterality_tag_variants(tmp_path):
+    img = breast_image(200, 160, right=True, seed=2)
+    path = write_dicom(tmp_path / "lat.dcm", img, laterality="R", laterality_tag="Laterality",
+                       window=(2048, 4096))
+    result = preprocess(path, size=SIZE)
+    assert result.info["laterality"] == "R" and result.info["flipped"]
+
+
+def test_bundled_syntaxes_agree():
+    """The same MR image in six encodings gives the same output."""
+    base = preprocess(bundled("MR_small.dcm"), size=64).image
+    for name in ("MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
+                 "MR_small_RLE.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm"):
+        np.testing.assert_array_equal(preprocess(bundled(name), size=64).image, base)
+    for name in ("JPGExtended.dcm", "JPEG2000.dcm", "693_J2KI.dcm",
+                 "J2K_pixelrep_mismatch.dcm", "CT_small.dcm"):
+        result = preprocess(bundled(name), size=64)
+        assert result.image.shape == (64, 64) and result.image.max() > 0
+
+
+# ------------------------------------------------------- reduced path vs full decode
+
+@pytest.fixture(scope="session")
+def big_j2k(tmp_path_factory):
+    """4096 x 3328 12-bit JPEG 2000 lossless, R breast, MONOCHROME1 (a few seconds)."""
+    img = breast_image(4096, 3328, bits=12, right=True, seed=11)
+    path = tmp_path_factory.mktemp("big") / "big_j2k.dcm"
+    return write_dicom(path, 4095 - img, syntax="j2k", photometric="MONOCHROME1",
+                       laterality="R", window=(2048, 4096))
+
+
+@pytest.fixture(scope="session")
+def big_j2k_reference(big_j2k):
+    result = preprocess(big_j2k, size=512)
+    return result, reference(big_j2k, result.info, 512, 4095)
+
+
+def test_j2k_reduced_matches_full_decode(big_j2k, big_j2k_reference):
+    result, ref = big_j2k_reference
+    info = result.info
+    assert info["decoder"] == "pillow-j2k" and info["flipped"]
+    long_side = max(info["crop_y1"] - info["crop_y0"], info["crop_x1"] - info["crop_x0"])
+    assert info["reduce"] >= 2  # the speed point: never a full 4096 px decode
+    assert long_side / 2 ** info["reduce"] >= 512 > long_side / 2 ** (info["reduce"] + 1)
+    assert mean_abs_diff(result.image, ref) <= 0.005
+
+
+def test_j2k_level_fallback(big_j2k, big_j2k_reference, monkeypatch):
+    real = read.decode_j2k_pillow
+    tried = []
+
+    def flaky(codestream, reduce, info):
+        tried.append(reduce)
+        if reduce >= 2:
+            raise OSError("simulated: this level fails")
+        return real(codestream, reduce, info)
+
+    monkeypatch.setattr(read, "decode_j2k_pillow", flaky)
+    result = preprocess(big_j2k, size=512)
+    first, ref = big_j2k_reference
+    assert result.info["reduce"] == 1 and 1 in tried and max(tried) >= 3
+    crop = ("crop_y0", "crop_x0", "crop_y1", "crop_x1")
+    assert [result.info[k] for k in crop] == [first.info[k] for k in crop]
+    assert mean_abs_diff(result.image, ref) <= 0.005
+
+    monkeypatch.setattr(read, "decode_j2k_pillow", lambda *a: (_ for _ in ()).throw(OSError()))
+    full = preprocess(big_j2k, size=512)  # every level fails: pydicom full decode
+    assert full.info["decoder"] == "pydicom" and full.info["reduce"] == 0
+    assert mean_abs_diff(full.image, ref) <= 0.001
+
+
+def test_sv1_matches_full_decode(tmp_path):
+    img = breast_image(2294, 1914, bits=14, seed=4)
+    path = write_dicom(tmp_path / "sv1.dcm", img, syntax="sv1", bits_stored=14,
+                       window=([8000, 5000], [16000, 4000]), voi_function="SIGMOID")
+    result = preprocess(path, size=256)
+    assert result.info["voi"] == "sigmoid" and result.info["reduce"] == 0
+    assert result.info["decoder"] in ("dicomsdl", "pydicom")
+    assert mean_abs_diff(result.image, reference(path, result.info, 256, 2**14 - 1)) <= 0.001

@@ -1,0 +1,194 @@
+"""The one trainer: runs, logs, checkpoints, stopping rules, exact resume (also after kill -9), DDP."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medvit.config import load_config
+from medvit.train import fit
+from medvit.train.checkpoint import build_model_from_checkpoint, load_checkpoint
+
+SIZE = 32
+
+
+def make_manifest(root: Path, n_patients: int = 12, seed: int = 0) -> Path:
+    """A tiny ingest-style folder: 4 images per patient, positives carry a bright blob."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for p in range(n_patients):
+        positive_side = "L" if p % 2 == 0 else ""
+        for lat in "LR":
+            for view in ("CC", "MLO"):
+                image_id = f"{p}{lat}{view}"
+                label = int(lat == positive_side)
+                img = rng.normal(0.3, 0.05, (SIZE, SIZE))
+                if label:
+                    y, x = rng.integers(6, SIZE - 6, 2)
+                    img[y - 3:y + 3, x - 3:x + 3] += 0.6
+                np.save(root / "images" / f"{image_id}.npy", (np.clip(img, 0, 1) * 65535).astype(np.uint16))
+                rows.append({"image_id": image_id, "patient_id": str(p), "laterality": lat, "view": view,
+                             "label": label, "fold": p % 3, "status": "ok", "error": "",
+                             "path": f"{p}/{image_id}.dcm", "cache": f"images/{image_id}.npy",
+                             "rows": SIZE, "columns": SIZE})
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_manifest(tmp_path_factory.mktemp("mammo"))
+
+
+def cfg_for(data_dir: Path, *extra: str):
+    return load_config(None, [
+        f"data.dir={data_dir}", f"data.image_size={SIZE}", "data.batch_size=8", "data.workers=0",
+        "model.backbone=cnn_test", "optim.lr=3e-3", "train.epochs=3", "train.log_every=1",
+        "schedule.warmup_epochs=0.5", *extra])
+
+
+def weights(run: Path, which: str = "last") -> dict:
+    return load_checkpoint(run / "checkpoints" / f"{which}.pt")["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def epoch_table(run: Path) -> pd.DataFrame:
+    return pd.read_csv(run / "metrics_epoch.csv").drop(columns=["elapsed"])
+
+
+def test_run_directory_contents(data_dir, tmp_path):
+    run = tmp_path / "run"
+    summary = fit(cfg_for(data_dir), run)
+    assert summary["stop_reason"] == "epochs=3"
+    for name in ("config.yaml", "metrics_step.csv", "metrics_epoch.csv", "train.log",
+                 "checkpoints/best.pt", "checkpoints/last.pt"):
+        assert (run / name).is_file(), name
+    assert load_config(run / "config.yaml") == cfg_for(data_dir)
+    epochs = pd.read_csv(run / "metrics_epoch.csv")
+    assert list(epochs["epoch"]) == [0, 1, 2]
+    assert epochs[["train_loss", "val_loss", "val_accuracy", "val_auc"]].notna().all().all()
+    ck = load_checkpoint(run / "checkpoints" / "best.pt")  # weights_only=True inside
+    model = build_model_from_checkpoint(ck)
+    assert model(torch.zeros(2, 1, SIZE, SIZE)).shape == (2, 1)  # binary: one logit, BCE
+    assert not list((run / "checkpoints").glob(".*tmp"))
+
+
+def test_stop_by_max_steps_then_resume_matches_uninterrupted(data_dir, tmp_path):
+    full = tmp_path / "full"
+    fit(cfg_for(data_dir), full)
+    part = tmp_path / "part"
+    fit(cfg_for(data_dir, "train.max_steps=5"), part)  # stops inside epoch 1
+    ck = load_checkpoint(part / "checkpoints" / "last.pt")
+    assert ck["counters"]["step"] == 5 and 0 < ck["counters"]["batch"]
+    cfg = load_config(part / "config.yaml", ["train.max_steps=0"])
+    fit(cfg, part, resume=True)
+    assert_same_weights(weights(full), weights(part))
+    pd.testing.assert_frame_equal(epoch_table(full), epoch_table(part))
+
+
+def test_kill_9_and_resume_matches_uninterrupted(data_dir, tmp_path):
+    full = tmp_path / "full"
+    fit(cfg_for(data_dir, "train.ckpt_every=1"), full)
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "medvit", "train", "--out", str(run), f"data.dir={data_dir}",
+           f"data.image_size={SIZE}", "data.batch_size=8", "data.workers=0", "model.backbone=cnn_test",
+           "optim.lr=3e-3", "train.epochs=3", "train.log_every=1", "schedule.warmup_epochs=0.5",
+           "train.ckpt_every=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    last = run / "checkpoints" / "last.pt"
+    while time.time() < deadline:  # kill once a few steps are checkpointed, mid-run
+        if last.exists() and load_checkpoint(last)["counters"]["step"] >= 7:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(last)["counters"]["stop_reason"] == ""  # really interrupted
+    rc = subprocess.run([sys.executable, "-m", "medvit", "train", "--resume", str(run)],
+                        capture_output=True, text=True, timeout=300)
+    assert rc.returncode == 0, rc.stderr
+    assert_same_weights(weights(full), weights(run))
+    pd.testing.assert_frame_equal(epoch_table(full), epoch_table(run))
+    steps_full = pd.read_csv(full / "metrics_step.csv")
+    steps_run = pd.read_csv(run / "metrics_step.csv")
+    pd.testing.assert_frame_equal(steps_full.drop(columns="images_per_s"), steps_run.drop(columns="images_per_s"))
+
+
+def test_flat_train_error_stops(data_dir, tmp_path):
+    run = tmp_path / "flat"
+    summary = fit(cfg_for(data_dir, "optim.lr=0", "train.epochs=20", "train.flat_epochs=2"), run)
+    assert summary["stop_reason"] == "train error unchanged for 2 epochs"
+    assert summary["epoch"] == 3
+    assert "train error unchanged" in (run / "train.log").read_text()
+
+
+def test_max_wall_stops(data_dir, tmp_path):
+    summary = fit(cfg_for(data_dir, "train.epochs=1000", "train.max_wall=1"), tmp_path / "wall")
+    assert summary["stop_reason"] == "max_wall=1s"
+
+
+def test_width_scaled_sgd_and_step_schedule(data_dir, tmp_path):
+    from medvit.train.loop import Trainer
+
+    t = Trainer(cfg_for(data_dir, "model.backbone=basic_cnn", "model.kwargs={width: 4}", "optim.name=sgd",
+                        "optim.lr=0.5", "optim.width_scaled_lr=true", "schedule.name=step",
+                        "schedule.warmup_epochs=0"), tmp_path / "sgd")
+    assert isinstance(t.optimizer, torch.optim.SGD)
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * 4)  # eta = eta_eff * h
+
+
+def test_ema_and_label_smoothing_run(data_dir, tmp_path):
+    run = tmp_path / "ema"
+    fit(cfg_for(data_dir, "train.epochs=1", "train.ema=0.9", "train.label_smoothing=0.1"), run)
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ck["ema"] is not None
+    assert any(not torch.equal(ck["ema"][k], ck["model"][k]) for k in ck["model"] if ck["model"][k].is_floating_point())
+
+
+def test_same_trainer_runs_cifar_format(tmp_path):
+    from medvit.data.benchmarks import write_cifar10
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 10
+    images = rng.integers(0, 255, (60, 32, 32, 3), dtype=np.uint8)
+    write_cifar10(tmp_path / "cifar", images, labels, images[:20], labels[:20])
+    run = tmp_path / "cifar-run"
+    summary = fit(load_config(None, [f"data.dir={tmp_path / 'cifar'}", "data.kind=cifar10", "data.image_size=32",
+                                     "data.batch_size=16", "data.workers=0", "model.backbone=basic_cnn",
+                                     "train.epochs=1", "train.monitor=val_accuracy"]), run)
+    assert summary["epoch"] == 1
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert build_model_from_checkpoint(ck)(torch.zeros(1, 3, 32, 32)).shape == (1, 10)  # CE, 10 logits
+
+
+def test_ddp_two_cpu_ranks_disjoint_and_one_checkpoint(data_dir, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "medvit", "train", "--out", str(run), f"data.dir={data_dir}", f"data.image_size={SIZE}",
+           "data.batch_size=4", "data.workers=0", "model.backbone=cnn_test", "train.epochs=1",
+           "train.sample_log=true", "train.device=cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen = {rank: pd.read_csv(run / "samples" / f"rank{rank}.csv", names=["epoch", "step", "id"], dtype=str)
+            for rank in (0, 1)}
+    assert len(seen[0]) and len(seen[1])
+    manifest = pd.read_csv(data_dir / "manifest.csv", dtype=str)
+    negatives = set(manifest.loc[(manifest.fold != "0") & (manifest.label == "0"), "image_id"])
+    neg0, neg1 = set(seen[0].id) & negatives, set(seen[1].id) & negatives
+    assert neg0 and neg1 and not (neg0 & neg1)  # each negative trained on by one rank only
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
