@@ -25,9 +25,11 @@ carry the reason label, a short detail and for unexpected exceptions only the ex
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -55,6 +57,7 @@ MANIFEST_COLUMNS = [
 ]
 _INFO_KEYS = set(INFO_COLUMNS) | {"patient_id", "laterality", "view"}
 _TMP_SUFFIX = ".tmp"
+_TASK_KEYS = ("path", "image_id", "source_size", "source_mtime_ns", "settings")  # echoed in records
 
 
 def settings_key(size: int) -> str:
@@ -194,24 +197,37 @@ def process_one(task: dict, preprocess: Callable | None = None) -> dict:
     """
     import numpy as np
 
-    record = {k: task[k] for k in ("path", "image_id", "source_size", "source_mtime_ns", "settings")}
     fn = preprocess or _default_preprocess
     try:
-        out = fn(task["abs"], task["size"])
+        with _quiet_pydicom():
+            out = fn(task["abs"], task["size"])
         image = out.image
         if image.shape != (task["size"], task["size"]) or image.dtype != np.uint16:
             raise ValueError("preprocess returned a wrong shape or dtype")
         _save_npy(image, Path(task["cache_abs"]))
-        info = {k: v for k, v in (out.info or {}).items() if k in _INFO_KEYS}
-        record.update(status="ok", reason="", error="", cache=task["cache"], info=_jsonable(info))
     except DicomError as err:
-        detail = _short(err.detail) if err.detail else ""
-        error = f"{err.reason}: {detail}" if detail else err.reason
-        record.update(status="error", reason=err.reason, error=error, cache="", info={})
+        return _failed_record(task, err.reason, _short(err.detail))
     except Exception as err:  # a bug or a decoder failure must not stop the batch
-        record.update(status="error", reason="internal", error=f"internal: {type(err).__name__}",
-                      cache="", info={})
+        return _failed_record(task, "internal", type(err).__name__)
+    info = {k: v for k, v in (out.info or {}).items() if k in _INFO_KEYS}
+    record = {k: task[k] for k in _TASK_KEYS}
+    record.update(status="ok", reason="", error="", cache=task["cache"], info=_jsonable(info))
     return record
+
+
+@contextlib.contextmanager
+def _quiet_pydicom():
+    """pydicom's warnings and log records can quote header values (PHI): keep them out of the
+    logs. The error row's reason says what went wrong."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _jsonable(info: dict) -> dict:
@@ -226,9 +242,10 @@ def _jsonable(info: dict) -> dict:
     return out
 
 
-def _failed_record(task: dict, reason: str, detail: str) -> dict:
-    record = {k: task[k] for k in ("path", "image_id", "source_size", "source_mtime_ns", "settings")}
-    record.update(status="error", reason=reason, error=f"{reason}: {detail}", cache="", info={})
+def _failed_record(task: dict, reason: str, detail: str = "") -> dict:
+    record = {k: task[k] for k in _TASK_KEYS}
+    error = f"{reason}: {detail}" if detail else reason
+    record.update(status="error", reason=reason, error=error, cache="", info={})
     return record
 
 
@@ -236,18 +253,14 @@ def _run_serial(tasks: list[dict], on_done: Callable[[dict], None], preprocess: 
     """workers=1: in this process, single-threaded like a pool worker (threads restored after)."""
     import cv2
 
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional, as in _init_worker
+        threadpool_limits = None
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            threadpool_limits = None
-        if threadpool_limits is not None:
-            with threadpool_limits(1):
-                for task in tasks:
-                    on_done(process_one(task, preprocess))
-        else:
+        with threadpool_limits(1) if threadpool_limits else contextlib.nullcontext():
             for task in tasks:
                 on_done(process_one(task, preprocess))
     finally:

@@ -258,6 +258,24 @@ def test_sizes():
         synth.machine_shape(synth.MACHINES[0], "huge")
 
 
+def test_one_full_size_j2k_image(tmp_path):
+    """The smallest full-size machine: realistic shape, lossless, 5 decomposition levels."""
+    row = next(r for r in synth.plan_dataset(8, 0, 0.25, "full") if r["_machine"].machine_id == 48)
+    synth.make_file(row, str(tmp_path))
+    ds = pydicom.dcmread(tmp_path / "train_images" / str(row["patient_id"]) / f"{row['image_id']}.dcm")
+    assert (ds.Rows, ds.Columns) == (2294, 1914) and ds.file_meta.TransferSyntaxUID == JPEG2000Lossless
+    assert np.array_equal(ds.pixel_array, synth.render(row)[0])
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    cod = frame.find(b"\xff\x52")
+    assert frame[cod + 9] >= 5
+    # 1/32 here: Pillow 13 rounds the reduced size where OpenJPEG takes the ceiling, so for
+    # 1914 columns reduce=3 or 4 fails in Pillow ("broken data stream"); readers must cope.
+    im = Image.open(io.BytesIO(frame))
+    im.reduce = 5
+    im.load()
+    assert im.size == (-(-1914 // 32), -(-2294 // 32))
+
+
 def test_bad_arguments_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'small'"):
         synth.write_dataset(tmp_path, size="smal")
@@ -265,6 +283,9 @@ def test_bad_arguments_name_the_problem(tmp_path):
         synth.write_dataset(tmp_path, syntaxes=["1.2.840.10008.1.2.5"])
     with pytest.raises(ConfigError, match="cancer-rate"):
         synth.write_dataset(tmp_path, cancer_rate=1.5)
+    with pytest.raises(ConfigError, match="seed"):
+        synth.write_dataset(tmp_path, seed=-1)
+    assert not (tmp_path / "train.csv").exists()
 
 
 def test_restricted_syntax_writes_only_that(tmp_path):

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
 
 from medvit.dicom.read import Pixels, read_dataset
-from medvit.errors import DicomError
+from medvit.errors import ConfigError, DicomError
 
 PREVIEW_SIDE = 256   # long side of the image the crop box is found on
 MAX_TABLE = 1 << 20  # largest stored-value span turned into a lookup table
@@ -38,6 +38,8 @@ def preprocess(path: str | Path, size: int = 512) -> Preprocessed:
     Layout of the output: the breast crop is scaled (aspect kept) so its long side is `size`,
     placed flush left (chest wall against the left edge) and centred vertically; the rest
     is 0. Values: VOI output mapped to 0..65535."""
+    if int(size) < 8:
+        raise ConfigError(f"image size must be at least 8 pixels, got {size}")
     ds = read_dataset(path)
     pixels = Pixels(ds, path)
     try:

@@ -255,6 +255,7 @@ def _calcifications(rng: np.random.Generator, shape: tuple[int, int], cy: float,
 def _place_lesion(rng: np.random.Generator, breast: np.ndarray, pect: np.ndarray, radius: float):
     """A random centre well inside the breast: away from the skin and from the pectoral muscle."""
     allowed = (breast & ~pect).astype(np.uint8)
+    allowed[:, 0] = allowed[0, :] = allowed[-1, :] = 0  # keep the whole lesion inside the image
     dist = cv2.distanceTransform(allowed, cv2.DIST_L2, 5)
     step = max(1, breast.shape[0] // 256)  # a coarse grid of candidates is plenty
     sub = dist[::step, ::step]
@@ -544,6 +545,9 @@ def plan_dataset(patients: int, seed: int, cancer_rate: float, size: str,
                  syntaxes: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One dict per image: the train.csv row plus what the worker needs to draw and write it."""
     pool = list(MACHINES) if syntaxes is None else [m for m in MACHINES if m.syntax in set(syntaxes)]
+    if not pool:
+        raise ConfigError(f"synth: no machine writes the syntaxes {list(syntaxes or [])}; "
+                          f"choose from {', '.join(SYNTAXES)}")
     rng = np.random.default_rng(np.random.SeedSequence((seed, 0)))
     machines = _choose_machines(rng, patients, pool)
     positive = rng.random(patients) < cancer_rate
@@ -561,14 +565,16 @@ def plan_dataset(patients: int, seed: int, cancer_rate: float, size: str,
         density = str(rng.choice(list("ABCD"), p=[0.1, 0.45, 0.38, 0.07]))
         sick = str(rng.choice(["L", "R"])) if positive[p] else None
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        # Every word of these values is a name, a date or carries the marker, so a PHI scan
+        # that looks for the words finds no generic ones ("Road", "note") in honest outputs.
         phi = {
             "patient_name": f"{PHI_MARKER}{last}^{first}",
             "birth_date": birth.strftime("%Y%m%d"), "study_date": study.strftime("%Y%m%d"),
-            "institution": f"{PHI_MARKER} {last} Breast Centre",
-            "address": f"{int(rng.integers(1, 400))} {PHI_MARKER} Road, Springfield",
+            "institution": f"{PHI_MARKER}-{last}-Clinic",
+            "address": f"{int(rng.integers(1, 400))} {PHI_MARKER}-Street, {PHI_MARKER}-Town",
             "referrer": f"{PHI_MARKER}Doctor^{rng.choice(FIRST_NAMES)}",
             "operator": f"{PHI_MARKER}Tech^{rng.choice(FIRST_NAMES)}",
-            "comments": f"{PHI_MARKER} screening of {first} {last}, born {birth.isoformat()}",
+            "comments": f"{PHI_MARKER}-note: {first} {last}, {birth.isoformat()}, {PHI_MARKER}-Clinic",
         }
         breasts = {}
         for side in ("L", "R"):
@@ -655,6 +661,8 @@ def write_dataset(out: str | Path, patients: int = 20, seed: int = 0, cancer_rat
 
     if patients < 1:
         raise ConfigError(f"synth: --patients must be at least 1, got {patients}")
+    if seed < 0:
+        raise ConfigError(f"synth: --seed must be 0 or more, got {seed}")
     if not 0.0 <= cancer_rate <= 1.0:
         raise ConfigError(f"synth: --cancer-rate must be within 0..1, got {cancer_rate}")
     if size not in SIZES:
