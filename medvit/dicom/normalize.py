@@ -58,7 +58,7 @@ def _preprocess(ds: Dataset, pixels: Pixels, size: int) -> Preprocessed:
     preview_level = _coarsest_level(max(pixels.rows, pixels.cols), PREVIEW_SIDE)
     raw, level, _ = pixels.get(preview_level)
     step = 2 ** (preview_level - level)  # non-J2K (or failed level): subsample the decode
-    small = to_unit(raw[::step, ::step], ds, mono1)[0]
+    small = detection_view(raw[::step, ::step], ds, mono1)
     scale = 2**level * step
     box = scale_box(find_breast(small), scale, pixels.rows, pixels.cols)
     laterality = laterality_of(ds)
@@ -112,6 +112,17 @@ def to_unit(raw: np.ndarray, ds: Dataset, mono1: bool,
         out, vmin, vmax, voi = voi_values(region, ds)
         out = _rescale(out, vmin, vmax)
     return (1.0 - out if mono1 else out), voi
+
+
+def detection_view(raw: np.ndarray, ds: Dataset, mono1: bool) -> np.ndarray:
+    """Modality values scaled min-max to [0, 1], tissue bright, for finding the breast. The VOI
+    window is made for reading tissue: it clips fatty tissue to the same black as air, so the
+    breast outline is found before it, where air and skin are far apart."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
+    unit = _rescale(values, float(values.min()), float(values.max()))
+    return 1.0 - unit if mono1 else unit
 
 
 def voi_values(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, float, str]:
