@@ -1,7 +1,9 @@
 """Walk a folder of DICOMs into `DIR/images/<image_id>.npy` + `DIR/manifest.csv`.
 
 Every regular file under SRC (except hidden files, the labels CSV and the output folder) is an
-input; each becomes exactly one manifest row, `ok` or `error` with a stable reason. Images go
+input; each becomes exactly one manifest row, `ok` or `error` with a stable reason. In the RSNA
+layout (SRC/train.csv + SRC/train_images/) only train_images/ is walked, so test.csv, lesion
+masks and the like are not error rows. Images go
 through the one preprocessing function, `medvit.dicom.normalize.preprocess`, in worker processes
 that write the `.npy` themselves and hand back only a small info dict.
 
@@ -290,6 +292,7 @@ def _run_pool(tasks: list[dict], workers: int, on_done: Callable[[dict], None],
     pending, retry = deque(tasks), deque()
     limit = workers * 4
     ctx = _mp_context()
+    finished = crashed = 0
     while pending or retry:
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
             inflight: dict = {}
@@ -313,12 +316,20 @@ def _run_pool(tasks: list[dict], workers: int, on_done: Callable[[dict], None],
                     if isinstance(exc, BrokenProcessPool):
                         broken.append(task)
                         continue
-                    on_done(future.result() if exc is None else _failed_record(task, "internal", type(exc).__name__))
+                    if exc is None:
+                        on_done(future.result())
+                    else:  # the task could not reach or leave the worker (pickling)
+                        on_done(_failed_record(task, "internal", type(exc).__name__))
+                    finished += 1
                     if task is isolating:
                         isolating = None
             if broken:
                 broken += list(inflight.values())
                 if isolating is not None and len(broken) == 1:
+                    crashed += 1
+                    if crashed >= 3 and not finished:
+                        raise MedvitError("ingest: worker processes die before finishing any file; "
+                                          "run with --workers 1 to see why")
                     on_done(_failed_record(broken[0], "worker_crash", "the worker process died on this file"))
                 else:
                     retry.extend(sorted(broken, key=lambda t: t["path"]))
@@ -536,7 +547,9 @@ def ingest(
         raise MedvitError(f"{src}: not a folder; pass the folder holding the DICOM files")
     if size < 8:
         raise ConfigError(f"--size {size}: must be at least 8")
-    workers = max(1, workers or os.cpu_count() or 1)
+    if (workers is not None and workers < 1) or folds < 1:
+        raise ConfigError(f"--workers {workers} / --folds {folds}: both must be at least 1")
+    workers = workers or os.cpu_count() or 1
     labels_path = Path(labels) if labels else (src / "train.csv" if (src / "train.csv").is_file() else None)
     if labels_path is not None and not labels_path.is_file():
         raise ConfigError(f"{labels_path}: labels CSV not found")
@@ -550,41 +563,52 @@ def ingest(
     if not rels:
         raise MedvitError(f"{src}: no input files found (hidden files and the labels CSV are skipped)")
     ids = assign_image_ids(rels)
-    key = settings_key(size)
 
     journal_path = out / JOURNAL_NAME
-    records = read_journal(journal_path)
-    todo = []
-    done: dict[str, dict] = {}
-    for rel in rels:
-        st = os.stat(src / rel)
-        task = {"path": rel, "abs": str(src / rel), "image_id": ids[rel], "size": size,
-                "cache": f"images/{ids[rel]}.npy", "cache_abs": str(images / f"{ids[rel]}.npy"),
-                "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns, "settings": key}
-        if _reusable(records.get(rel), task, out):
-            done[rel] = records[rel]
-        else:
-            todo.append(task)
-
+    todo, done = _plan(src, out, rels, ids, size, read_journal(journal_path))
     _process_all(todo, workers, done, journal_path, progress, preprocess)
 
     rows = build_rows(rels, done, src, label_table)
     fold_info = assign_folds(rows, folds, seed, log)
-    summary = _summary(rows, rels, todo, label_table, fold_info, images, started)
+    missing = labels_without_file(label_table, rows, rels) if label_table is not None else None
+    summary = _summary(rows, todo, missing, fold_info, images, started)
     write_csv_atomic(out / "manifest.csv", MANIFEST_COLUMNS, rows)
-    if label_table is not None:
-        found = {r["image_id"] for r in rows} | {image_stem(r) for r in rels}
-        missing = [{"image_id": i, "patient_id": lab["patient_id"]}
-                   for i, lab in sorted(label_table.items()) if i not in found]
+    if missing is not None:
         write_csv_atomic(out / "missing_files.csv", ["image_id", "patient_id"], missing)
     # Compact the journal to one line per current file, in path order.
     write_text_atomic(journal_path, "".join(json.dumps(done[r], sort_keys=True) + "\n" for r in rels))
     settings = {"src": str(src), "out": str(out), "labels": str(labels_path) if labels_path else None,
                 "label_column": label_column, "size": size, "workers": workers, "folds": folds,
-                "seed": seed, "settings_key": key, "preprocess_version": PREPROCESS_VERSION}
-    write_text_atomic(out / "ingest.json",
-                      json.dumps({"settings": settings, "summary": summary}, indent=2, sort_keys=True) + "\n")
+                "seed": seed, "settings_key": settings_key(size), "preprocess_version": PREPROCESS_VERSION}
+    text = json.dumps({"settings": settings, "summary": summary}, indent=2, sort_keys=True)
+    write_text_atomic(out / "ingest.json", text + "\n")
     return summary
+
+
+def _plan(src: Path, out: Path, rels: list[str], ids: dict[str, str], size: int,
+          journal: dict[str, dict]) -> tuple[list[dict], dict[str, dict]]:
+    """Split the files into tasks to run and journal records still valid (resume)."""
+    key = settings_key(size)
+    todo: list[dict] = []
+    done: dict[str, dict] = {}
+    for rel in rels:
+        st = os.stat(src / rel)
+        cache = f"images/{ids[rel]}.npy"
+        task = {"path": rel, "abs": str(src / rel), "image_id": ids[rel], "size": size,
+                "cache": cache, "cache_abs": str(out / cache),
+                "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns, "settings": key}
+        if _reusable(journal.get(rel), task, out):
+            done[rel] = journal[rel]
+        else:
+            todo.append(task)
+    return todo, done
+
+
+def labels_without_file(labels: dict[str, dict], rows: list[dict], rels: list[str]) -> list[dict]:
+    """Label rows whose image_id matches no input file, sorted by image_id."""
+    found = {r["image_id"] for r in rows} | {image_stem(r) for r in rels}
+    return [{"image_id": i, "patient_id": lab["patient_id"]}
+            for i, lab in sorted(labels.items()) if i not in found]
 
 
 def _process_all(todo: list[dict], workers: int, done: dict, journal_path: Path,
@@ -611,7 +635,7 @@ def _process_all(todo: list[dict], workers: int, done: dict, journal_path: Path,
         bar.close()
 
 
-def _summary(rows: list[dict], rels: list[str], todo: list[dict], labels: dict | None,
+def _summary(rows: list[dict], todo: list[dict], missing: list[dict] | None,
              fold_info: dict, images: Path, started: float) -> dict:
     ok = sum(r["status"] == "ok" for r in rows)
     reasons = Counter(r["reason"] for r in rows if r["status"] == "error")
@@ -624,13 +648,12 @@ def _summary(rows: list[dict], rels: list[str], todo: list[dict], labels: dict |
         "processed_per_s": round(len(todo) / seconds, 2) if seconds > 0 else None,
         "folds": fold_info["folds"], "fold_method": fold_info["method"],
     }
-    if labels is not None:
+    if missing is not None:
         unlabelled = [r["image_id"] for r in rows if r["label"] == ""]
-        found = {r["image_id"] for r in rows} | {image_stem(r) for r in rels}
-        missing = sorted(i for i in labels if i not in found)
         summary.update(labelled=len(rows) - len(unlabelled),
                        files_without_label=len(unlabelled), files_without_label_examples=unlabelled[:5],
-                       labels_without_file=len(missing), labels_without_file_examples=missing[:5])
+                       labels_without_file=len(missing),
+                       labels_without_file_examples=[m["image_id"] for m in missing[:5]])
     cached = {r["cache"].rsplit("/", 1)[-1] for r in rows if r["status"] == "ok"}
     summary["stale_cache_files"] = sum(1 for p in images.glob("*.npy") if p.name not in cached)
     return summary
@@ -652,7 +675,8 @@ def format_summary(summary: dict) -> str:
                          f"(e.g. {', '.join(summary['files_without_label_examples'])})")
         if summary["labels_without_file"]:
             lines.append(f"label rows without a file: {summary['labels_without_file']} "
-                         f"(e.g. {', '.join(summary['labels_without_file_examples'])}; see missing_files.csv)")
+                         f"(e.g. {', '.join(summary['labels_without_file_examples'])}; "
+                         "see missing_files.csv)")
     else:
         lines.append("no labels CSV: label empty, fold -1 (inference manifest)")
     if summary["stale_cache_files"]:

@@ -101,12 +101,13 @@ def test_default_out_dir_and_512(rsna, tmp_path, monkeypatch):
     src = tmp_path / "one"
     shutil.copytree(rsna / "train_images", src / "train_images",
                     ignore=lambda d, names: names[2:] if d.endswith("train_images") else [])
-    monkeypatch.chdir(tmp_path)
-    assert main(["ingest", str(src), "--workers", "1", "--no-progress"]) == 0
-    rows = read_manifest(tmp_path / DEFAULT_DATA_DIR)
-    assert len(rows) == 8
+    monkeypatch.chdir(src)  # `medvit ingest .`: the output folder lies inside SRC
+    assert main(["ingest", ".", "--workers", "1", "--no-progress"]) == 0
+    assert main(["ingest", ".", "--workers", "1", "--no-progress"]) == 0
+    rows = read_manifest(src / DEFAULT_DATA_DIR)
+    assert len(rows) == 8 and all(r["path"].startswith("train_images/") for r in rows)
     for r in rows:
-        image = np.load(tmp_path / DEFAULT_DATA_DIR / r["cache"])
+        image = np.load(src / DEFAULT_DATA_DIR / r["cache"])
         assert image.shape == (512, 512) and image.dtype == np.uint16
 
 
@@ -176,6 +177,9 @@ def test_bad_inputs_become_error_rows(rsna, tmp_path):
     assert sum(summary["errors_by_reason"].values()) == len(expected)
     assert sorted(p.name for p in (out / "images").iterdir()) == sorted(
         r["cache"].split("/")[-1] for r in rows.values() if r["status"] == "ok")
+    # Unchanged files whose decoding failed are not retried: same bytes, same failure.
+    again = ingest(tmp_path / "bad", out, size=64, workers=1, progress=False)
+    assert again["skipped"] == len(rows) and again["errors_by_reason"] == summary["errors_by_reason"]
 
 
 def crash_on_marked(path: str, size: int):
@@ -200,6 +204,9 @@ def test_worker_crash_is_isolated_to_its_file(rsna, tmp_path):
     assert rows["crash.dcm"]["reason"] == "worker_crash"
     assert all(r["status"] == "ok" for name, r in rows.items() if name != "crash.dcm")
     assert summary["errors_by_reason"] == {"worker_crash": 1}
+    # worker_crash may be transient (memory): a rerun retries just that file.
+    again = ingest(src, out, size=32, workers=2, progress=False)
+    assert again["processed"] == 1 and again["skipped"] == 4 and again["ok"] == 5
 
 
 def test_label_rows_without_files_and_files_without_labels(rsna_copy, tmp_path, capsys):
@@ -282,6 +289,8 @@ def test_resume_skips_done_and_redoes_changed(rsna_copy, tmp_path):
     os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     deleted = out / "images" / f"{dicoms(rsna_copy / 'train_images')[5].stem}.npy"
     deleted.unlink()
+    with open(out / JOURNAL_NAME, "a") as f:  # a line torn by a kill mid-write
+        f.write('{"path": "train_images/torn.dcm", "sta')
     third = ingest(rsna_copy, out, size=32, workers=1, progress=False)
     assert third["processed"] == 2 and deleted.exists()
     now = _npy_mtimes(out)
@@ -291,6 +300,17 @@ def test_resume_skips_done_and_redoes_changed(rsna_copy, tmp_path):
     assert fourth["processed"] == 16
     assert np.load(out / "images" / f"{changed.stem}.npy").shape == (48, 48)
     assert len(read_journal(out / JOURNAL_NAME)) == 16
+
+
+def test_journal_survives_a_torn_last_line(tmp_path):
+    from medvit.ingest import _Journal
+
+    path = tmp_path / JOURNAL_NAME
+    path.write_text('{"path": "a.dcm", "status": "ok"}\n{"path": "b.dcm", "sta')
+    journal = _Journal(path)
+    journal.append({"path": "c.dcm", "status": "ok"})
+    journal.close()
+    assert sorted(read_journal(path)) == ["a.dcm", "c.dcm"]
 
 
 def test_kill_and_resume_matches_uninterrupted_run(rsna, tmp_path):

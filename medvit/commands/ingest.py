@@ -10,7 +10,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="turn a folder of DICOMs into a normalized image cache + manifest",
         description=(
             "Walk SRC (an RSNA-layout folder with train.csv, or any tree of DICOM files, with or "
-            "without the .dcm suffix) and write DIR/images/<image_id>.npy (size x size uint16), "
+            "without the .dcm suffix; in the RSNA layout only SRC/train_images/ is read) and write "
+            "DIR/images/<image_id>.npy (size x size uint16), "
             "DIR/manifest.csv (one row per input file, ok or error with its reason, labels, "
             "patient-grouped folds), DIR/missing_files.csv and DIR/ingest.json. Rerunning skips "
             "files already done with the same settings; an interrupted run resumes."

@@ -1,0 +1,256 @@
+"""`medvit explain RUN_DIR IMAGES...`: where a trained model looks (overlays + raw maps),
+and `medvit explain RUN_DIR --pointing SYNTH_DIR`: the pointing-game score on synth lesions."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_INGEST_SIZE = 512  # `medvit ingest --size` default, used when DATA_DIR has no manifest
+BATCH = 8
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain", help="attention / rollout / Grad-CAM maps and overlays for a trained run",
+        description="Write OUT/<image_id>_<method>.png (overlay) and .npy (raw map in [0, 1], model input "
+                    "size) for each IMAGE; with --compare RUN_DIR2 also OUT/<image_id>_panel.png (both runs "
+                    "side by side); for a ViT with --method attention also OUT/<image_id>_attention_heads.npy "
+                    "(layers x heads x grid). With --pointing SYNTH_DIR instead of IMAGES: the pointing game "
+                    "over the ingested synth images that have a lesion mask (SYNTH_DIR/lesion_masks/"
+                    "<image_id>.png), printed and written to OUT/pointing_<method>.json.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="training run directory (or a checkpoint file)")
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="DICOM files (preprocessed as at ingest) or ingested image_ids (read from --data)")
+    p.add_argument("--method", default="auto",
+                   help="auto (rollout for ViTs, gradcam for CNNs) | attention | rollout | gradcam")
+    p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint FILE (default: best)")
+    p.add_argument("--data", metavar="DIR", help="ingest output folder (default: the run's data.dir)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/explain)")
+    p.add_argument("--compare", metavar="RUN_DIR2",
+                   help="a second run (e.g. a CNN next to a ViT) shown beside the first in a panel")
+    p.add_argument("--pointing", metavar="SYNTH_DIR",
+                   help="score the pointing game on the synth images with lesion masks ingested into --data")
+    p.add_argument("--fold", type=int, help="with --pointing: only images of this fold (default: all)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.set_defaults(func=run)
+
+
+@dataclass
+class LoadedRun:
+    model: Any
+    name: str  # backbone name (titles carry no paths or patient data)
+    image_size: int
+    data_dir: str | None
+
+
+def load_run(run_dir: str, which: str, device) -> LoadedRun:
+    from medvit.errors import ConfigError
+    from medvit.train.checkpoint import build_model_from_checkpoint, load_checkpoint, resolve_checkpoint
+
+    # best | last inside RUN_DIR (or RUN_DIR itself when it is a file); anything else is a FILE
+    path = resolve_checkpoint(run_dir, which) if which in ("best", "last") else Path(which)
+    ckpt = load_checkpoint(path)
+    model = build_model_from_checkpoint(ckpt).to(device)
+    kwargs = ckpt["model_spec"]["kwargs"]
+    if int(kwargs.get("in_chans", 1)) != 1:
+        raise ConfigError(f"{path}: the model takes {kwargs['in_chans']} channels; explain works on "
+                          "single-channel mammography models")
+    data = (ckpt.get("config") or {}).get("data") or {}
+    size = int(data.get("image_size") or kwargs.get("img_size"))
+    return LoadedRun(model, ckpt["model_spec"]["name"], size, data.get("dir"))
+
+
+def _atomic(path: Path, write) -> Path:
+    """write(tmp_path) then rename: no half-written file under the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def save_npy(path: Path, array) -> Path:
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+
+    return _atomic(path, write)
+
+
+def save_json(path: Path, payload: dict) -> Path:
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(payload, indent=2) + "\n")
+
+    return _atomic(path, write)
+
+
+def ingest_size(data_dir: str | None) -> int:
+    """The side `medvit ingest` used for DATA_DIR (manifest's settings "size=512;v=1"), so a
+    DICOM given here is preprocessed exactly as the training images were."""
+    import pandas as pd
+
+    manifest = Path(data_dir or "") / "manifest.csv"
+    if data_dir and manifest.is_file():
+        settings = pd.read_csv(manifest, usecols=lambda c: c == "settings", dtype=str)
+        for value in settings.get("settings", pd.Series(dtype=str)).dropna():
+            for part in value.split(";"):
+                if part.startswith("size="):
+                    return int(part[5:])
+    return DEFAULT_INGEST_SIZE
+
+
+class ImageSource:
+    """IMAGE arguments -> (image_id, full-size image float [0, 1]): DICOM files through the one
+    `preprocess`, image_ids from DATA_DIR's cache via the training Dataset's loader."""
+
+    def __init__(self, data_dir: str | None) -> None:
+        self.data_dir = data_dir
+        self._frame = None
+
+    def frame(self):
+        from medvit.data.datasets import read_manifest
+        from medvit.errors import ConfigError
+
+        if self._frame is None:
+            if not self.data_dir:
+                raise ConfigError("no data folder: pass --data DIR (the ingest output) to explain image_ids")
+            self._frame = read_manifest(self.data_dir)
+        return self._frame
+
+    def load(self, item: str):
+        import numpy as np
+
+        from medvit.data.datasets import MammoDataset
+        from medvit.errors import MedvitError, suggest
+        from medvit.ingest import image_stem
+
+        if Path(item).is_file():
+            from medvit.dicom.normalize import preprocess
+
+            image = preprocess(item, size=ingest_size(self.data_dir)).image
+            return image_stem(Path(item).name), image.astype(np.float32) / np.float32(65535)
+        frame = self.frame()
+        rows = frame[frame["image_id"] == item]
+        if rows.empty:
+            raise MedvitError(f"{item}: neither a file nor an image_id in {self.data_dir}/manifest.csv; "
+                              f"{suggest(item, frame['image_id'].tolist()[:5000])}")
+        if rows.iloc[0]["status"] != "ok":
+            raise MedvitError(f"{item}: ingest failed for this image ({rows.iloc[0].get('reason', '')})")
+        return item, MammoDataset(self.data_dir, rows.iloc[:1]).load(0)
+
+
+def model_input(full, image_size: int):
+    """The validation path of the Dataset: resize_square then to_tensor, batch of one."""
+    from medvit.data.datasets import resize_square, to_tensor
+
+    return to_tensor(resize_square(full, image_size))[None]
+
+
+def explain_images(args: argparse.Namespace, primary: LoadedRun, out: Path, device) -> int:
+    from medvit.errors import MedvitError
+    from medvit.explain import cls_attention, explain, resolve_method, save_overlay, save_panel
+
+    method = resolve_method(primary.model, args.method)
+    compare = None
+    if args.compare:
+        which = args.checkpoint if args.checkpoint in ("best", "last") else "best"
+        compare = load_run(args.compare, which, device)
+        try:
+            compare_method = resolve_method(compare.model, args.method)
+        except MedvitError:  # e.g. --method rollout for a ViT compared with a CNN: the CNN's default
+            compare_method = resolve_method(compare.model, "auto")
+    source = ImageSource(args.data or primary.data_dir)
+    failed = 0
+    for item in args.images:
+        try:
+            image_id, full = source.load(item)
+            x = model_input(full, primary.image_size).to(device)
+            heat = explain(primary.model, x, method)[0]
+            save_npy(out / f"{image_id}_{method}.npy", heat)
+            save_overlay(full, heat, out / f"{image_id}_{method}.png", title=f"{image_id}  {primary.name} {method}")
+            if method == "attention":
+                save_npy(out / f"{image_id}_attention_heads.npy", cls_attention(primary.model, x)[0].numpy())
+            if compare is not None:
+                other = explain(compare.model, model_input(full, compare.image_size).to(device), compare_method)[0]
+                save_panel(full, {f"{primary.name} {method}": heat, f"{compare.name} {compare_method}": other},
+                           out / f"{image_id}_panel.png", title=image_id)
+            print(f"{image_id}: {out / f'{image_id}_{method}.png'}")
+        except MedvitError as err:  # a batch job records the error and goes on
+            print(f"medvit explain: {err}", file=sys.stderr)
+            failed += 1
+    print(f"explained {len(args.images) - failed}/{len(args.images)} image(s) with {method}; wrote {out}")
+    return 1 if failed else 0
+
+
+def pointing(args: argparse.Namespace, primary: LoadedRun, out: Path, device) -> int:
+    import numpy as np
+    import torch
+
+    from medvit.data.datasets import MammoDataset, read_manifest
+    from medvit.errors import MedvitError
+    from medvit.explain import explain, lesion_mask_in_model_space, pointing_game, resolve_method
+    from medvit.ingest import image_stem
+
+    method = resolve_method(primary.model, args.method)
+    data_dir = args.data or primary.data_dir
+    masks_dir = Path(args.pointing) / "lesion_masks"
+    if not masks_dir.is_dir():
+        raise MedvitError(f"{masks_dir}: no lesion masks folder; --pointing wants a `medvit synth` output")
+    frame = read_manifest(data_dir)
+    frame = frame[frame["status"] == "ok"]
+    if args.fold is not None:
+        frame = frame[frame["fold"] == args.fold]
+    # synth names masks by its image_id, the DICOM's file stem (the manifest's path)
+    pngs = [masks_dir / f"{image_stem(str(p))}.png" for p in frame["path"]]
+    has_mask = np.array([p.is_file() for p in pngs], dtype=bool)
+    frame, pngs = frame[has_mask].reset_index(drop=True), [p for p, k in zip(pngs, has_mask) if k]
+    if frame.empty:
+        raise MedvitError(f"{data_dir}/manifest.csv: no ingested image has a mask in {masks_dir} "
+                          "(ingest the synth folder into --data first)")
+    dataset = MammoDataset(data_dir, frame, primary.image_size)  # the validation path, no augmentation
+    heatmaps, masks = [], []
+    for start in range(0, len(dataset), BATCH):
+        idx = range(start, min(start + BATCH, len(dataset)))
+        x = torch.stack([dataset[i][0] for i in idx]).to(device)
+        heatmaps.extend(explain(primary.model, x, method))
+        for i in idx:
+            size = dataset.load(i).shape[0]  # the ingest side: the mask follows the cached image's layout
+            masks.append(lesion_mask_in_model_space(pngs[i], frame.iloc[i].to_dict(), size))
+    result = pointing_game(heatmaps, masks)
+    result.update(method=method, backbone=primary.name, checkpoint=args.checkpoint, fold=args.fold,
+                  image_ids=frame["image_id"].astype(str).tolist())
+    score = "n/a" if result["score"] is None else f"{result['score']:.3f}"
+    print(f"pointing game: {result['hits']}/{result['n']} = {score} ({method})")
+    if result["skipped"]:
+        print(f"skipped {result['skipped']} image(s) whose lesion is outside the crop or below one pixel")
+    path = save_json(out / f"pointing_{method}.json", result)
+    print(f"wrote {path}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from medvit.errors import ConfigError
+    from medvit.train.setup import pick_device
+
+    if not args.images and not args.pointing:
+        raise ConfigError("give IMAGES (DICOM files or image_ids) or --pointing SYNTH_DIR")
+    device = pick_device(args.device)
+    primary = load_run(args.run_dir, args.checkpoint, device)
+    base = Path(args.run_dir) if Path(args.run_dir).is_dir() else Path(args.run_dir).parent
+    out = Path(args.out) if args.out else base / "explain"
+    if args.pointing:
+        return pointing(args, primary, out, device)
+    return explain_images(args, primary, out, device)

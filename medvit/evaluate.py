@@ -1,0 +1,265 @@
+"""`medvit evaluate`: score a trained run on its validation fold (or another fold / data folder).
+
+The model and the data come back from the checkpoint (`model_spec`, resolved `config`); the one
+inference loop (`medvit.train.steps.predict`) gives the probabilities; the one metrics module
+(`medvit.metrics`) and `medvit.plots` do the scoring and drawing. Writes into OUT (default
+RUN_DIR/eval): metrics.json, predictions.csv, roc.png, pr.png, confusion.png,
+training_curves.png — each to a temp name, then renamed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from medvit.errors import ConfigError, MedvitError
+from medvit.ingest import write_text_atomic  # temp name + os.replace
+
+EVAL_DIR = "eval"
+PREDICTION_COLUMNS = ["image_id", "patient_id", "laterality", "view", "label", "prob"]
+
+
+@dataclass
+class EvalData:
+    dataset: Any  # torch Dataset: (image, label) items, .ids
+    source: dict  # kind, dir, fold, what was scored (JSON-able)
+    notes: list[str]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def eval_data(cfg, fold: int | None = None, data_dir: str | Path | None = None) -> EvalData:
+    """The data to score: the run's validation fold (default), another fold, or every labelled
+    ok image of another ingest folder (`data_dir`; for CIFAR-10/MNIST runs, another benchmark
+    folder's test split)."""
+    from medvit.train.setup import build_data
+
+    d = cfg.data
+    if fold is not None and data_dir is not None:
+        raise ConfigError("evaluate: pass --fold or --data, not both")
+    notes: list[str] = []
+    if d.kind == "mammo" and data_dir is not None:
+        return EvalData(_labelled_images(cfg, Path(data_dir)),
+                        {"kind": d.kind, "dir": str(data_dir), "fold": None, "split": "all labelled ok images"},
+                        notes)
+    if fold is not None:
+        if d.kind != "mammo":
+            raise ConfigError(f"evaluate --fold is for mammography runs; this run's data.kind is {d.kind!r} "
+                              "(CIFAR-10/MNIST runs are scored on the test split)")
+        if fold != d.fold:
+            notes.append(f"fold {fold} was part of this run's training data (it validated on fold {d.fold}): "
+                         "these numbers are optimistic")
+        d.fold = int(fold)
+    if data_dir is not None:
+        d.dir = str(data_dir)
+    split = f"validation fold {d.fold}" if d.kind == "mammo" else "test split"
+    return EvalData(build_data(cfg).val, {"kind": d.kind, "dir": d.dir,
+                                          "fold": d.fold if d.kind == "mammo" else None, "split": split}, notes)
+
+
+def _labelled_images(cfg, data_dir: Path):
+    from medvit.data.datasets import MammoDataset, read_manifest
+    from medvit.data.transforms import build_transform
+
+    frame = read_manifest(data_dir)
+    usable = frame[(frame["status"] == "ok") & frame["label"].notna()]
+    if usable.empty:
+        raise MedvitError(f"{data_dir / 'manifest.csv'}: no labelled, successfully ingested images to evaluate on")
+    return MammoDataset(data_dir, usable, cfg.data.image_size,
+                        build_transform(cfg.data.augment, train=False), cfg.train.seed)
+
+
+def predictions_frame(dataset, ids: list, labels: np.ndarray, probs: np.ndarray, binary: bool) -> pd.DataFrame:
+    """One row per scored image; mammography rows carry patient_id, laterality and view."""
+    meta = getattr(dataset, "frame", None)
+    out = pd.DataFrame({"image_id": [str(i) for i in ids]})
+    for col in ("patient_id", "laterality", "view"):
+        out[col] = meta[col].fillna("").astype(str).to_numpy() if meta is not None and col in meta else ""
+    out["label"] = labels.astype(np.int64)
+    probs = np.asarray(probs, dtype=np.float64)  # float64 so the CSV round-trips exactly
+    if binary:
+        out["prob"] = probs.reshape(-1)
+        return out
+    out["pred"] = probs.argmax(axis=1)
+    out["prob"] = probs.max(axis=1)  # of the predicted class
+    for k in range(probs.shape[1]):
+        out[f"prob_{k}"] = probs[:, k]
+    return out
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def threshold_metrics(y_true, prob, threshold: float) -> dict[str, Any]:
+    """Counts and rates at one operating point (e.g. the checkpoint's validation threshold)."""
+    from sklearn.metrics import confusion_matrix
+
+    y = np.asarray(y_true).astype(np.int64)
+    pred = (np.asarray(prob) >= threshold).astype(np.int64)
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, pred, labels=[0, 1]).ravel())
+
+    def rate(num: int, den: int) -> float | None:
+        return num / den if den else None
+
+    precision, recall = rate(tp, tp + fp), rate(tp, tp + fn)
+    f1 = rate(2 * tp, 2 * tp + fp + fn)
+    return {"threshold": float(threshold), "accuracy": (tp + tn) / max(len(y), 1),
+            "sensitivity": recall, "specificity": rate(tn, tn + fp), "precision": precision, "f1": f1,
+            "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+
+def binary_report(frame: pd.DataFrame, loss: float, threshold: float, n_boot: int, seed: int) -> dict[str, Any]:
+    from medvit.metrics import binary_metrics, per_breast_metrics
+
+    y, p = frame["label"].to_numpy(), frame["prob"].to_numpy()
+    out = binary_metrics(y, p, loss=loss, n_boot=n_boot, seed=seed)
+    known = y >= 0
+    out["at_checkpoint_threshold"] = threshold_metrics(y[known], p[known], threshold)
+    breasts = frame[(frame["patient_id"] != "") & (frame["laterality"] != "") & known]
+    if breasts.empty:
+        out["per_breast"] = None
+        out["notes"].append("no patient_id/laterality: per-breast metrics skipped")
+    else:
+        out["per_breast"] = per_breast_metrics(breasts, n_boot=n_boot, seed=seed)
+    return out
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def write_plots(frame: pd.DataFrame, report: dict, out: Path, run_dir: Path, binary: bool,
+                n_boot: int, seed: int, class_names: list[str] | None) -> tuple[list[str], list[str]]:
+    """The PNGs that can be drawn; returns (file names, notes on those that could not)."""
+    from medvit.plots import plot_confusion, plot_pr, plot_roc, plot_training_curves
+
+    written, notes = [], []
+
+    def attempt(name: str, draw: Callable[[], Path]) -> None:
+        try:
+            draw()
+            written.append(name)
+        except MedvitError as err:
+            notes.append(f"{name} not drawn: {err}")
+
+    known = frame[frame["label"] >= 0]
+    if binary:
+        y, p = known["label"].to_numpy(), known["prob"].to_numpy()
+        attempt("roc.png", lambda: plot_roc(y, p, out / "roc.png", n_boot=n_boot, seed=seed))
+        attempt("pr.png", lambda: plot_pr(y, p, out / "pr.png"))
+        t = report["at_checkpoint_threshold"]
+        cm = [[t["tn"], t["fp"]], [t["fn"], t["tp"]]]
+        attempt("confusion.png", lambda: plot_confusion(
+            cm, ["negative", "positive"], out / "confusion.png",
+            title=f"Confusion at threshold {t['threshold']:.3g}"))
+    else:
+        cm = report["confusion_matrix"]
+        names = class_names if class_names and len(class_names) == len(cm) else [str(k) for k in range(len(cm))]
+        attempt("confusion.png", lambda: plot_confusion(cm, names, out / "confusion.png"))
+    log = run_dir / "metrics_epoch.csv"
+    if log.is_file():
+        attempt("training_curves.png", lambda: plot_training_curves(log, out / "training_curves.png"))
+    else:
+        notes.append(f"training_curves.png not drawn: {log} not found")
+    return written, notes
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def evaluate(run_dir: str | Path, *, which: str = "best", fold: int | None = None,
+             data_dir: str | Path | None = None, n_boot: int = 1000, seed: int = 0,
+             out: str | Path | None = None, device: str = "auto", batch_size: int | None = None,
+             workers: int = 0) -> dict[str, Any]:
+    """Score a run; write metrics.json, predictions.csv and the plots into `out`; return the metrics.
+
+    which: best | last (inside RUN_DIR/checkpoints) or a checkpoint file.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from medvit.config import config_from_dict
+    from medvit.metrics import multiclass_metrics
+    from medvit.train.checkpoint import build_model_from_checkpoint, load_checkpoint, resolve_checkpoint
+    from medvit.train.setup import amp_dtype, pick_device
+    from medvit.train.steps import predict
+
+    run_dir = Path(run_dir)
+    if n_boot < 0:
+        raise ConfigError(f"--n-boot {n_boot}: must be 0 (no CI) or more")
+    ckpt_path = resolve_checkpoint(run_dir, which) if which in ("best", "last") else Path(which)
+    if ckpt_path.is_file() and run_dir.is_file():  # RUN_DIR given as the checkpoint file itself
+        run_dir = run_dir.parent.parent if run_dir.parent.name == "checkpoints" else run_dir.parent
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = config_from_dict(ckpt["config"])
+    data = eval_data(cfg, fold, data_dir)
+    dev = pick_device(device)
+    model = build_model_from_checkpoint(ckpt).to(dev)
+    binary = bool(ckpt.get("binary", True))
+    loader = DataLoader(data.dataset, batch_size=batch_size or cfg.data.batch_size, shuffle=False,
+                        num_workers=workers, pin_memory=dev.type == "cuda")
+    ids, labels, probs, loss = predict(model, loader, dev, amp_dtype(cfg, dev), binary)
+    frame = predictions_frame(data.dataset, ids, labels, probs, binary)
+
+    threshold = float(ckpt.get("threshold", 0.5))
+    if binary:
+        report = binary_report(frame, loss, threshold, n_boot, seed)
+    else:
+        report = multiclass_metrics(frame["label"].to_numpy(), frame[[c for c in frame if c.startswith("prob_")]]
+                                    .to_numpy(), loss=loss)
+    out = Path(out) if out else run_dir / EVAL_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    names = _class_names(cfg.data.kind)
+    plots, plot_notes = write_plots(frame, report, out, run_dir, binary, n_boot, seed, names)
+    report = {"run_dir": str(run_dir), "checkpoint": str(ckpt_path), "backbone": ckpt["model_spec"]["name"],
+              "binary": binary, "checkpoint_threshold": threshold, "data": data.source, "seed": seed,
+              **report, "plots": plots}
+    report["notes"] = data.notes + report.get("notes", []) + plot_notes
+    write_text_atomic(out / "predictions.csv", frame.to_csv(index=False))
+    write_text_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
+    report["out"] = str(out)
+    return report
+
+
+def _class_names(kind: str) -> list[str] | None:
+    if kind == "cifar10":
+        from medvit.data.benchmarks import CIFAR_CLASSES
+
+        return list(CIFAR_CLASSES)
+    return None
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """A few lines for the terminal."""
+    src = report["data"]
+    lines = [f"{report['backbone']} on {src['split']} of {src['dir']}: {report['n']} images"]
+    if report["binary"]:
+        ci = report.get("auc_ci")
+        ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        sens = report["sensitivity_at_specificity"]
+        lines.append(f"  image:  AUC {_fmt(report['auc'])}{ci_text}  accuracy {_fmt(report['accuracy'])}  "
+                     f"loss {_fmt(report['loss'], '.4f')}  pF1 {_fmt(report['pf1'])}  "
+                     f"sens@spec0.9 {_fmt(sens.get('0.9'))}  best F1 {_fmt(report['best_f1'])}")
+        t = report["at_checkpoint_threshold"]
+        lines.append(f"  at checkpoint threshold {t['threshold']:.3g}: sensitivity {_fmt(t['sensitivity'])}  "
+                     f"specificity {_fmt(t['specificity'])}  F1 {_fmt(t['f1'])}")
+        pb = report.get("per_breast")
+        if pb:
+            for how in ("mean", "max"):
+                m = pb[how]
+                lines.append(f"  breast ({how}, n={pb['n_breasts']}): AUC {_fmt(m['auc'])}  pF1 {_fmt(m['pf1'])}")
+    else:
+        lines.append(f"  accuracy {_fmt(report['accuracy'])}  loss {_fmt(report['loss'], '.4f')}  "
+                     f"macro AUC {_fmt(report['auc_macro_ovr'])}")
+    for note in report.get("notes", []):
+        lines.append(f"  note: {note}")
+    lines.append(f"  wrote {report['out']}: metrics.json, predictions.csv, {', '.join(report['plots'])}")
+    return lines

@@ -1,0 +1,172 @@
+"""ViT attention: per-layer, per-head softmax(q kᵀ · scale), CLS maps and attention rollout.
+
+Every medvit ViT runs with fused attention (`F.scaled_dot_product_attention`), which never
+materialises the attention matrix. Rather than switching a block to its slow path, a forward
+pre-hook on each `block.attn` receives the block's normalised tokens and recomputes the
+attention from the same `qkv` / `q_norm` / `k_norm` / `scale`; fused attention stays on and the
+hooks are removed in a `finally`. The hooks compute only what the caller needs (the CLS row,
+a head-fused matrix or every head), so a patch-8 ViT at 512 px (4097 tokens) does not hold six
+layers of 8 × 4097 × 4097 matrices unless `attention_maps` is asked for them.
+
+Attention masks (`attn_mask`, `is_causal`) are not used by timm's classification ViTs and are
+ignored here.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from medvit.errors import ConfigError, suggest
+
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def _check_vit(model: nn.Module) -> None:
+    if not (hasattr(model, "blocks") and hasattr(model, "patch_embed")):
+        name = getattr(model, "medvit_name", type(model).__name__)
+        raise ConfigError(f"model {name!r} is not a ViT (no .blocks / .patch_embed): attention maps "
+                          "need a ViT; use method 'gradcam' for CNNs")
+
+
+def grid_size(model: nn.Module) -> tuple[int, int]:
+    """(gh, gw) patch grid, read from the model (never a constant)."""
+    gh, gw = model.patch_embed.grid_size
+    return int(gh), int(gw)
+
+
+def _split_qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v as (B, H, N, head_dim), exactly as timm's Attention.forward makes them."""
+    b, n, _ = x.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    return attn.q_norm(q), attn.k_norm(k), v
+
+
+def attention_from_input(attn: nn.Module, x: torch.Tensor, queries: slice = slice(None)) -> torch.Tensor:
+    """softmax(q kᵀ · scale) of one timm Attention for its input tokens x (B, N, C):
+    (B, H, Q, N) for the query rows `queries` (all rows by default)."""
+    q, k, _ = _split_qkv(attn, x)
+    scores = (q[:, :, queries] * attn.scale) @ k.transpose(-2, -1)  # (B, H, Q, N)
+    return scores.float().softmax(dim=-1)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(training)
+
+
+def _run_with_attention_hooks(model: nn.Module, images: torch.Tensor,
+                              fn: Callable[[int, nn.Module, torch.Tensor], None]) -> None:
+    """Forward `images` (no grad, eval mode) calling fn(layer, attn, tokens) before each
+    block's attention. Hooks are always removed, also when the forward raises."""
+    _check_vit(model)
+    handles = []
+    try:
+        for i, blk in enumerate(model.blocks):
+            def hook(module, args, i=i):
+                fn(i, module, args[0])
+            handles.append(blk.attn.register_forward_pre_hook(hook))
+        device = next(model.parameters()).device
+        with torch.no_grad(), _eval_mode(model):
+            model(images.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def attention_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(B, L, H, N, N) attention of every layer and head (N tokens, CLS first); rows sum to one.
+    Memory grows with N²: for large grids use `cls_attention` or `attention_rollout`."""
+    out: list[torch.Tensor] = []
+    _run_with_attention_hooks(model, images, lambda i, attn, x: out.append(attention_from_input(attn, x).cpu()))
+    return torch.stack(out, dim=1)
+
+
+def _patch_grid(model: nn.Module, row: torch.Tensor) -> torch.Tensor:
+    """(..., N) attention over all tokens -> (..., gh, gw) over the patch tokens."""
+    gh, gw = grid_size(model)
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    patches = row[..., prefix:]
+    if patches.shape[-1] != gh * gw:
+        raise ConfigError(f"{patches.shape[-1]} patch tokens do not fill the model's {gh}x{gw} grid; "
+                          f"feed images of the size the model was built for")
+    return patches.reshape(*patches.shape[:-1], gh, gw)
+
+
+def cls_attention(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(B, L, H, gh, gw): attention of the CLS token to each patch, per layer and head.
+    `.mean(2)` averages the heads."""
+    rows: list[torch.Tensor] = []
+    cls = slice(0, 1)  # timm puts the CLS token first
+    _run_with_attention_hooks(model, images,
+                              lambda i, attn, x: rows.append(attention_from_input(attn, x, cls)[:, :, 0].cpu()))
+    return _patch_grid(model, torch.stack(rows, dim=1))
+
+
+def _fuse_heads(attn: torch.Tensor, head_fusion: str) -> torch.Tensor:
+    """(B, H, N, N) -> (B, N, N)."""
+    if head_fusion == "mean":
+        return attn.mean(1)
+    return attn.amax(1) if head_fusion == "max" else attn.amin(1)
+
+
+def _discard_lowest(a: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Zero the `ratio` share of smallest weights of each (N, N) matrix, keeping every weight
+    on the CLS column (after jacobgil/vit-explain's `discard_ratio`, which spares only [0, 0])."""
+    if ratio <= 0:
+        return a
+    b, n, _ = a.shape
+    low = a.reshape(b, -1).topk(int(n * n * ratio), dim=1, largest=False).indices
+    drop = torch.zeros(b, n * n, dtype=torch.bool, device=a.device).scatter_(1, low, True)
+    drop = drop.reshape(b, n, n)
+    drop[:, :, 0] = False
+    return a.masked_fill(drop, 0.0)
+
+
+def attention_rollout(model: nn.Module, images: torch.Tensor, discard_ratio: float = 0.0,
+                      head_fusion: str = "mean") -> torch.Tensor:
+    """(B, gh, gw) attention rollout (Abnar & Zuidema 2020): each layer's head-fused attention
+    A_l becomes A_l' = 0.5·A_l + 0.5·I with rows renormalised; the rollout is
+    A_L' · … · A_1' and its CLS row over the patch tokens is the map.
+
+    Written by hand: neither timm nor MONAI offers rollout. Only the CLS row is needed, so it is
+    carried as a vector from the last layer down (L vector-matrix products, not L matrix ones)."""
+    if head_fusion not in HEAD_FUSIONS:
+        raise ConfigError(f"head_fusion {head_fusion!r} is unknown; {suggest(head_fusion, HEAD_FUSIONS)}")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ConfigError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
+    layers: list[torch.Tensor] = []
+
+    def keep(i: int, attn: nn.Module, x: torch.Tensor) -> None:
+        a = _discard_lowest(_fuse_heads(attention_from_input(attn, x), head_fusion), discard_ratio)
+        eye = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
+        a = 0.5 * a + 0.5 * eye
+        layers.append(a / a.sum(dim=-1, keepdim=True))  # (B, N, N), rows sum to one
+
+    _run_with_attention_hooks(model, images, keep)
+    row = torch.zeros_like(layers[-1][:, 0])  # (B, N)
+    row[:, 0] = 1.0  # e_CLS
+    for a in reversed(layers):
+        row = torch.einsum("bn,bnm->bm", row, a)
+    return _patch_grid(model, row.cpu())
+
+
+def block_output_from_attention(attn: nn.Module, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """What timm's Attention returns for tokens x given attention `weights` (B, H, N, N):
+    (weights @ v) through norm, gate and proj. Used by the tests to check the recomputation."""
+    b, n, _ = x.shape
+    _, _, v = _split_qkv(attn, x)
+    out = (weights.to(v.dtype) @ v).transpose(1, 2).reshape(b, n, -1)
+    out = attn.norm(out)
+    if getattr(attn, "gate", None) is not None:
+        out = out * attn.gate(x).sigmoid()
+    return attn.proj(out)

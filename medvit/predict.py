@@ -1,0 +1,325 @@
+"""`medvit predict FOLDER`: batch inference on a folder of DICOMs -> CSV (+ per breast, + overlays).
+
+Files are found the way ingest finds them (`medvit.ingest.find_inputs`: every regular,
+non-hidden file, recursively, any suffix) and named the way ingest names them
+(`assign_image_ids`). Each goes through the one preprocessing function
+(`medvit.dicom.normalize.preprocess`, at the size the training data was ingested at), then
+through the training Dataset's scaling and resizing (`model_input`) — no second path, so no
+train/serve skew.
+
+Streaming: a torch DataLoader decodes in `workers` processes (bounded prefetch) while the model
+runs here; CSV rows are written as batches finish to a hidden temp file, renamed at the end.
+Memory stays flat in the number of files (only three small fields per ok file are kept, for the
+per-breast table). A bad file is an error row; the run goes on.
+
+No PHI: rows carry the relative path, image_id, patient_id, laterality and view only.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvit.errors import ConfigError, DicomError, MedvitError
+
+DEFAULT_INGEST_SIZE = 512  # `medvit ingest --size` default
+COLUMNS = ["path", "image_id", "patient_id", "laterality", "view", "prob", "pred", "status", "error"]
+BREAST_COLUMNS = ["patient_id", "laterality", "prob_mean", "prob_max", "n_images", "pred"]
+META_KEYS = ("patient_id", "laterality", "view")  # the only header fields that reach any output
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@dataclass
+class Predictor:
+    model: Any
+    name: str  # backbone name
+    binary: bool  # one logit + sigmoid (mammography) or C logits + softmax
+    threshold: float  # the checkpoint's validation best-F1 threshold (binary)
+    image_size: int  # model input side
+    in_chans: int
+    ingest_size: int  # side `preprocess` produces, as at ingest for the training data
+    device: Any
+    amp: Any  # autocast dtype or None
+
+
+def ingest_size(data_dir: str | Path | None) -> int:
+    """The side `medvit ingest` used for DATA_DIR (manifest `settings` column, "size=512;v=1"),
+    so a DICOM here is preprocessed exactly as the training images were; 512 when unknown."""
+    import pandas as pd
+
+    manifest = Path(data_dir or "") / "manifest.csv"
+    if data_dir and manifest.is_file():
+        try:
+            settings = pd.read_csv(manifest, usecols=lambda c: c == "settings", dtype=str)
+        except (ValueError, OSError):
+            return DEFAULT_INGEST_SIZE
+        for value in settings.get("settings", pd.Series(dtype=str)).dropna():
+            for part in value.split(";"):
+                if part.startswith("size="):
+                    return int(part[5:])
+    return DEFAULT_INGEST_SIZE
+
+
+def load_predictor(checkpoint: str | Path, *, which: str = "best", device: str = "auto",
+                   size: int | None = None) -> Predictor:
+    """Model + settings from a checkpoint file or a run dir (RUN_DIR/checkpoints/<which>.pt)."""
+    from medvit.config import config_from_dict
+    from medvit.train.checkpoint import build_model_from_checkpoint, load_checkpoint, resolve_checkpoint
+    from medvit.train.setup import amp_dtype, pick_device
+
+    ckpt = load_checkpoint(resolve_checkpoint(checkpoint, which))
+    cfg = config_from_dict(ckpt["config"])
+    dev = pick_device(device)
+    kwargs = ckpt["model_spec"]["kwargs"]
+    model = build_model_from_checkpoint(ckpt).to(dev)
+    return Predictor(
+        model=model, name=ckpt["model_spec"]["name"], binary=bool(ckpt.get("binary", True)),
+        threshold=float(ckpt.get("threshold", 0.5)),
+        image_size=int(cfg.data.image_size or kwargs.get("img_size")),
+        in_chans=int(kwargs.get("in_chans", 1)),
+        ingest_size=int(size or ingest_size(cfg.data.dir if cfg.data.kind == "mammo" else None)),
+        device=dev, amp=amp_dtype(cfg, dev))
+
+
+def model_input(image: np.ndarray, image_size: int, in_chans: int = 1):
+    """(S, S) uint16 from `preprocess` -> (C, s, s) float tensor, as MammoDataset builds it at
+    validation: integer / dtype max -> resize_square -> to_tensor (grey repeated for C > 1)."""
+    from medvit.data.datasets import resize_square, to_tensor
+
+    unit = image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+    x = to_tensor(resize_square(unit, image_size))
+    return x.expand(in_chans, -1, -1).contiguous() if in_chans > 1 else x
+
+
+def forward_probs(p: Predictor, images) -> np.ndarray:
+    """Probabilities (N,) or (N, C) with the trainer's own logit -> probability function."""
+    import torch
+
+    from medvit.train.steps import autocast, loss_and_probs
+
+    with torch.inference_mode():
+        with autocast(p.device, p.amp):
+            logits = p.model(images.to(p.device, non_blocking=True))
+        dummy = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        _, probs, _ = loss_and_probs(logits, dummy, p.binary)
+    return probs.float().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def list_dicoms(folder: Path, skip: list[Path]) -> tuple[list[str], dict[str, str]]:
+    """(sorted relative paths, rel -> image_id), found and named as ingest does."""
+    from medvit.ingest import assign_image_ids, find_inputs
+
+    rels = find_inputs(folder, skip)
+    return rels, assign_image_ids(rels)
+
+
+class DicomFiles:
+    """Map-style dataset of files: item = {index, image (C,s,s) tensor or None, meta, error,
+    display ((S,S) uint16 for overlays, when asked)}. Never raises on a bad file."""
+
+    def __init__(self, folder: Path, rels: list[str], ingest_size: int, image_size: int,
+                 in_chans: int, keep_display: bool = False) -> None:
+        self.folder, self.rels = folder, rels
+        self.ingest_size, self.image_size, self.in_chans = ingest_size, image_size, in_chans
+        self.keep_display = keep_display
+
+    def __len__(self) -> int:
+        return len(self.rels)
+
+    def __getitem__(self, index: int) -> dict:
+        from medvit.dicom.normalize import preprocess
+
+        item: dict = {"index": index, "image": None, "meta": {}, "error": "", "display": None}
+        try:
+            out = preprocess(self.folder / self.rels[index], size=self.ingest_size)
+            item["image"] = model_input(out.image, self.image_size, self.in_chans)
+            item["meta"] = {k: str(out.info.get(k, "") or "") for k in META_KEYS}  # whitelist: no PHI
+            if self.keep_display:
+                item["display"] = out.image
+        except DicomError as err:
+            item["error"] = _short(f"{err.reason}: {err.detail}" if err.detail else err.reason)
+        except Exception as err:  # a bug or a decoder crash must not stop the batch; messages can
+            item["error"] = f"internal: {type(err).__name__}"  # quote header values, so type only
+        return item
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def collate(items: list[dict]) -> tuple[Any, list[dict]]:
+    """(stacked images of the ok items or None, all items without their image tensors)."""
+    import torch
+
+    ok = [it["image"] for it in items if it["image"] is not None]
+    images = torch.stack(ok) if ok else None
+    return images, [{**it, "image": None} for it in items]
+
+
+def _init_worker(_: int) -> None:
+    """One thread per decode worker: the parallelism is across processes."""
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+class AtomicCsv:
+    """CSV rows written as they come to a hidden temp file in the target folder, renamed on close."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.file = open(self.tmp, "w", encoding="utf-8", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=columns)
+        self.writer.writeheader()
+
+    def write(self, rows: list[dict]) -> None:
+        self.writer.writerows(rows)
+        self.file.flush()
+
+    def commit(self) -> None:
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def result_rows(p: Predictor, items: list[dict], probs: np.ndarray | None, rels: list[str],
+                ids: dict[str, str], threshold: float) -> list[dict]:
+    rows, k = [], 0
+    for it in items:
+        rel = rels[it["index"]]
+        row = {"path": rel, "image_id": ids[rel], "patient_id": "", "laterality": "", "view": "",
+               "prob": "", "pred": "", "status": "error", "error": it["error"]}
+        if it["error"] == "":
+            row.update(it["meta"], status="ok")
+            pr = probs[k]
+            k += 1
+            if p.binary:
+                row["prob"], row["pred"] = float(pr), int(pr >= threshold)
+            else:  # multi-class: the predicted class and its probability
+                row["pred"] = int(np.argmax(pr))
+                row["prob"] = float(pr[row["pred"]])
+        rows.append(row)
+    return rows
+
+
+def per_breast_table(breasts: list[tuple[str, str, float]], threshold: float):
+    """patient_id, laterality, prob_mean, prob_max, n_images, pred (mean >= threshold)."""
+    import pandas as pd
+
+    from medvit.metrics import aggregate_per_breast
+
+    frame = pd.DataFrame(breasts, columns=["patient_id", "laterality", "prob"])
+    if frame.empty:
+        return pd.DataFrame(columns=BREAST_COLUMNS)
+    frame["label"] = -1  # unknown at inference; aggregate_per_breast wants the column
+    table = aggregate_per_breast(frame)
+    table["pred"] = (table["prob_mean"] >= threshold).astype(int)
+    return table[BREAST_COLUMNS]
+
+
+def breast_csv_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}_per_breast.csv")
+
+
+def save_overlays(p: Predictor, images, items: list[dict], probs: np.ndarray, rels: list[str],
+                  ids: dict[str, str], folder: Path, method: str) -> int:
+    """An overlay PNG per ok image of the batch: the preprocessed image, the explain map on top."""
+    from medvit.explain import explain, save_overlay
+
+    maps = explain(p.model, images.to(p.device), method)
+    ok = [it for it in items if it["error"] == ""]
+    for it, heat, pr in zip(ok, maps, probs):
+        image_id = ids[rels[it["index"]]]
+        score = float(pr) if p.binary else float(np.max(pr))
+        save_overlay(it["display"], heat, folder / f"{image_id}.png", title=f"{image_id}  {p.name}  p={score:.3f}")
+    return len(ok)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def predict_folder(folder: str | Path, checkpoint: str | Path, out: str | Path = "predictions.csv", *,
+                   overlays: str | Path | None = None, workers: int = 0, batch_size: int | None = None,
+                   threshold: float | None = None, ingest_size: int | None = None, which: str = "best",
+                   device: str = "auto", method: str = "auto", progress: bool | None = None) -> dict:
+    """Predict every file under `folder`; write `out` and `<out stem>_per_breast.csv` (binary
+    models), and overlays into `overlays` when given. Returns a summary dict."""
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    folder, out = Path(folder), Path(out)
+    if not folder.is_dir():
+        raise MedvitError(f"{folder}: not a folder; pass the folder holding the DICOM files")
+    if workers < 0 or (batch_size is not None and batch_size < 1):
+        raise ConfigError(f"--workers {workers} / --batch-size {batch_size}: workers >= 0, batch size >= 1")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"--threshold {threshold}: must lie in [0, 1]")
+    p = load_predictor(checkpoint, which=which, device=device, size=ingest_size)
+    if overlays is not None:
+        from medvit.explain import resolve_method
+
+        method = resolve_method(p.model, method)  # fail before decoding anything
+    t = p.threshold if threshold is None else float(threshold)
+    skip = [out, breast_csv_path(out)] + ([Path(overlays)] if overlays else [])
+    rels, ids = list_dicoms(folder, skip)
+    if not rels:
+        raise MedvitError(f"{folder}: no input files found (hidden files are skipped)")
+    data = DicomFiles(folder, rels, p.ingest_size, p.image_size, p.in_chans, keep_display=overlays is not None)
+    loader = DataLoader(data, batch_size=batch_size or 16, shuffle=False, num_workers=workers,
+                        collate_fn=collate, worker_init_fn=_init_worker if workers else None,
+                        pin_memory=p.device.type == "cuda", prefetch_factor=2 if workers else None)
+    writer = AtomicCsv(out, COLUMNS)
+    breasts: list[tuple[str, str, float]] = []
+    n_ok = n_overlays = 0
+    bar = tqdm(total=len(rels), unit="img", desc="predict", file=sys.stderr,
+               disable=not (sys.stderr.isatty() if progress is None else progress))
+    try:
+        for images, items in loader:
+            probs = forward_probs(p, images) if images is not None else None
+            rows = result_rows(p, items, probs, rels, ids, t)
+            writer.write(rows)
+            for row in rows:
+                if row["status"] == "ok" and row["patient_id"] and row["laterality"] in ("L", "R"):
+                    breasts.append((row["patient_id"], row["laterality"], row["prob"]))
+            n_ok += len(rows) - sum(r["status"] == "error" for r in rows)
+            if overlays is not None and images is not None:
+                n_overlays += save_overlays(p, images, items, probs, rels, ids, Path(overlays), method)
+            bar.update(len(items))
+    except BaseException:
+        writer.discard()
+        raise
+    finally:
+        bar.close()
+    writer.commit()
+    summary = {"files": len(rels), "ok": n_ok, "error": len(rels) - n_ok, "out": str(out),
+               "threshold": t, "ingest_size": p.ingest_size, "image_size": p.image_size,
+               "backbone": p.name, "binary": p.binary, "overlays": n_overlays}
+    if p.binary:
+        from medvit.ingest import write_text_atomic
+
+        table = per_breast_table(breasts, t)
+        write_text_atomic(breast_csv_path(out), table.to_csv(index=False))
+        summary["per_breast"] = str(breast_csv_path(out))
+        summary["breasts"] = len(table)
+    return summary
