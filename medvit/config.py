@@ -11,14 +11,13 @@ keeps the two equal). Every run directory gets the resolved config, which reads 
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from medvit.errors import ConfigError, suggest
+from medvit.io import write_text
 
 
 @dataclass
@@ -197,11 +196,4 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = _yaml().safe_dump(config_to_dict(cfg), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, _yaml().safe_dump(config_to_dict(cfg), sort_keys=False))

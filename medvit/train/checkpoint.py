@@ -1,29 +1,20 @@
 """Checkpoints: tensors and plain data only, written atomically, read with weights_only=True."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from medvit.errors import MedvitError
+from medvit.io import atomic_path
 
 
 def save_checkpoint(payload: dict, path: str | Path) -> Path:
     """torch.save to a temp file in the same folder, then rename: never a half-written final name."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import csv
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from medvit.io import atomic_path
 
 STEP_COLUMNS = ["step", "epoch", "loss", "lr", "images_per_s"]
 EPOCH_COLUMNS = ["epoch", "step", "train_loss", "train_error", "val_loss", "val_accuracy", "val_auc",
@@ -77,12 +77,10 @@ def _keep_rows(path: Path, keep) -> None:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         rows = [r for r in reader if None not in r.values() and _safe(keep, r)]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _safe(keep, row) -> bool:
@@ -97,7 +95,5 @@ def _keep_lines(path: Path, step: int) -> None:
         return
     with open(path) as f:
         lines = [ln for ln in f if ln.endswith("\n") and int(ln.split(",")[1]) <= step]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.writelines(lines)
-    os.replace(tmp, path)

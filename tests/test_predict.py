@@ -1,0 +1,176 @@
+"""`medvit predict`: synth DICOMs -> ingest -> tiny run -> predict the raw folder (+ broken files)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import torch
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from dicom_factory import truncated_copy
+from medvit.cli import main
+from medvit.config import load_config
+from medvit.data.datasets import MammoDataset, read_manifest
+from medvit.data.benchmarks import write_cifar10
+from medvit.dicom.synth import write_dataset
+from medvit.ingest import ingest
+from medvit.predict import breast_csv_path, predict_folder
+from medvit.train import fit
+from medvit.train.checkpoint import build_model_from_checkpoint, load_checkpoint
+from medvit.train.steps import predict as steps_predict
+
+INGEST_SIZE = 64  # small, to keep the test fast; predict must pick it up from the run's data
+IMAGE_SIZE = 32
+BAD = {"notes.txt": "not_dicom", "broken/truncated.dcm": "truncated", "color.dcm": "color"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("predict")
+    synth = root / "synth"
+    write_dataset(synth, patients=3, seed=3, cancer_rate=0.5, workers=1)
+    data = root / "data"
+    ingest(synth, data, size=INGEST_SIZE, workers=1, folds=2, progress=False, log=lambda m: None)
+    cfg = load_config(None, [
+        f"data.dir={data}", f"data.image_size={IMAGE_SIZE}", "data.batch_size=4", "data.workers=0",
+        "model.backbone=cnn_test", "train.epochs=1", "train.device=cpu", "data.balanced=false"])
+    run = root / "run"
+    fit(cfg, run)
+    # the folder to predict: the synth DICOMs (one without its .dcm suffix) plus broken files
+    inbox = root / "inbox"
+    shutil.copytree(synth / "train_images", inbox)
+    dicoms = sorted(inbox.rglob("*.dcm"))
+    dicoms[0].rename(dicoms[0].with_suffix(""))
+    (inbox / "notes.txt").write_text("not a DICOM\n")
+    (inbox / "broken").mkdir()
+    truncated_copy(dicoms[1], inbox / "broken" / "truncated.dcm", keep=0.5)
+    shutil.copy2(get_testdata_file("SC_rgb_rle.dcm"), inbox / "color.dcm")
+    phi = {"MEDVITPHI"}
+    for path in sorted((synth / "train_images").rglob("*.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        phi |= {str(ds.PatientName), str(ds.PatientBirthDate)}
+    out = root / "out" / "preds.csv"
+    summary = predict_folder(inbox, run, out, workers=0, batch_size=5, device="cpu", progress=False)
+    return {"root": root, "data": data, "run": run, "inbox": inbox, "out": out, "summary": summary,
+            "phi": phi, "n_dicoms": len(dicoms)}
+
+
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"patient_id": str, "image_id": str}, keep_default_na=False)
+
+
+def test_one_row_per_file_with_status(world):
+    pred = read(world["out"])
+    files = sorted(p.relative_to(world["inbox"]).as_posix() for p in world["inbox"].rglob("*") if p.is_file())
+    assert sorted(pred["path"]) == files and len(files) == world["n_dicoms"] + len(BAD)
+    assert list(pred.columns) == ["path", "image_id", "patient_id", "laterality", "view", "prob", "pred",
+                                  "status", "error"]
+    bad = pred.set_index("path").loc[list(BAD)]
+    assert (bad["status"] == "error").all()
+    for rel, reason in BAD.items():
+        assert bad.at[rel, "error"].startswith(reason), (rel, bad.at[rel, "error"])
+        assert bad.at[rel, "prob"] == ""
+    ok = pred[pred["status"] == "ok"]
+    assert len(ok) == world["n_dicoms"] and (ok["error"] == "").all()
+    assert ok["laterality"].isin(["L", "R"]).all() and ok["view"].isin(["CC", "MLO"]).all()
+    assert ok["prob"].astype(float).between(0, 1).all()
+    s = world["summary"]
+    assert (s["files"], s["ok"], s["error"]) == (len(files), world["n_dicoms"], len(BAD))
+    assert not list(world["out"].parent.glob(".*"))  # no temp file left
+
+
+def test_probabilities_equal_the_training_path(world):
+    """No train/serve skew: predict on raw DICOMs == the model on the ingested cache via MammoDataset."""
+    assert world["summary"]["ingest_size"] == INGEST_SIZE  # read from the run's data folder
+    ckpt = load_checkpoint(world["run"] / "checkpoints" / "best.pt")
+    model = build_model_from_checkpoint(ckpt)
+    frame = read_manifest(world["data"])
+    ds = MammoDataset(world["data"], frame[frame["status"] == "ok"], image_size=IMAGE_SIZE)
+    loader = torch.utils.data.DataLoader(ds, batch_size=7)
+    ids, _, probs, _ = steps_predict(model, loader, torch.device("cpu"), None, True)
+    pred = read(world["out"])
+    ok = pred[pred["status"] == "ok"].set_index("image_id")
+    assert sorted(ok.index) == sorted(ids)
+    np.testing.assert_allclose(ok.loc[ids, "prob"].astype(float).to_numpy(), probs, rtol=0, atol=1e-5)
+    # the manifest's patient ids and laterality are what predict reports
+    meta = frame.set_index("image_id").loc[ids]
+    assert (ok.loc[ids, "patient_id"].to_numpy() == meta["patient_id"].to_numpy()).all()
+    assert (ok.loc[ids, "laterality"].to_numpy() == meta["laterality"].to_numpy()).all()
+
+
+def test_threshold_from_checkpoint_and_override(world, tmp_path):
+    t = load_checkpoint(world["run"] / "checkpoints" / "best.pt")["threshold"]
+    pred = read(world["out"])
+    ok = pred[pred["status"] == "ok"]
+    prob = ok["prob"].astype(float)
+    assert world["summary"]["threshold"] == t
+    assert (ok["pred"].astype(int) == (prob >= t).astype(int)).all()
+    cut = float(np.median(prob))
+    s = predict_folder(world["inbox"], world["run"], tmp_path / "p.csv", threshold=cut, device="cpu", progress=False)
+    assert s["threshold"] == cut
+    ok2 = read(tmp_path / "p.csv").query("status == 'ok'")
+    assert (ok2["pred"].astype(int) == (ok2["prob"].astype(float) >= cut).astype(int)).all()
+    assert 0 < ok2["pred"].astype(int).sum() < len(ok2)  # the median splits them
+
+
+def test_per_breast_csv(world):
+    breast = read(breast_csv_path(world["out"]))
+    assert list(breast.columns) == ["patient_id", "laterality", "prob_mean", "prob_max", "n_images", "pred"]
+    ok = read(world["out"]).query("status == 'ok'").assign(prob=lambda f: f["prob"].astype(float))
+    groups = ok.groupby(["patient_id", "laterality"])["prob"]
+    assert len(breast) == groups.ngroups == 6 and breast["n_images"].sum() == world["n_dicoms"]
+    b = breast.set_index(["patient_id", "laterality"])
+    np.testing.assert_allclose(b["prob_mean"].loc[groups.mean().index], groups.mean().to_numpy())
+    np.testing.assert_allclose(b["prob_max"].loc[groups.max().index], groups.max().to_numpy())
+    t = world["summary"]["threshold"]
+    assert (b["pred"] == (b["prob_mean"] >= t).astype(int)).all()
+
+
+def test_workers_give_identical_csv_and_cli_overlays_carry_no_phi(world, tmp_path, capsys):
+    out = tmp_path / "w2.csv"
+    rc = main(["predict", str(world["inbox"]), "--checkpoint", str(world["run"]), "--out", str(out),
+               "--workers", "2", "--batch-size", "5", "--device", "cpu", "--overlays", str(tmp_path / "ov")])
+    assert rc == 0
+    assert f"{world['n_dicoms']}/{world['n_dicoms'] + len(BAD)}" in capsys.readouterr().out
+    assert out.read_bytes() == world["out"].read_bytes()
+    assert breast_csv_path(out).read_bytes() == breast_csv_path(world["out"]).read_bytes()
+    ok = read(out).query("status == 'ok'")
+    pngs = sorted((tmp_path / "ov").glob("*.png"))
+    assert sorted(p.stem for p in pngs) == sorted(ok["image_id"])
+    with Image.open(pngs[0]) as im:
+        im.verify()
+    # PHI scan over every output: CSVs, per-breast CSVs and overlays
+    outputs = [world["out"], breast_csv_path(world["out"]), out, breast_csv_path(out), *pngs]
+    for path in outputs:
+        data = path.read_bytes()
+        for value in world["phi"]:
+            assert value.encode() not in data, (path, value)
+
+
+def test_multiclass_checkpoint_does_not_crash(world, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (20, 32, 32, 3)).astype(np.uint8)
+    write_cifar10(tmp_path / "cifar", x, np.arange(20) % 10, x[:10], np.arange(10))
+    cfg = load_config(None, [
+        "data.kind=cifar10", f"data.dir={tmp_path / 'cifar'}", "data.image_size=16", "data.batch_size=10",
+        "data.workers=0", "model.backbone=vit_test", "model.patch_size=4", "train.epochs=1", "train.device=cpu"])
+    fit(cfg, tmp_path / "run")
+    s = predict_folder(world["inbox"], tmp_path / "run" / "checkpoints" / "best.pt", tmp_path / "mc.csv",
+                       ingest_size=INGEST_SIZE, device="cpu", progress=False)
+    assert s["binary"] is False and s["ok"] == world["n_dicoms"] and "per_breast" not in s
+    ok = read(tmp_path / "mc.csv").query("status == 'ok'")
+    assert ok["pred"].astype(int).between(0, 9).all()
+    assert ok["prob"].astype(float).between(0.1 - 1e-6, 1).all()  # max of 10 probabilities
+
+
+def test_bad_arguments(world, tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "none"), "--checkpoint", str(world["run"])]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert main(["predict", str(world["inbox"]), "--checkpoint", str(tmp_path)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["predict", str(world["inbox"]), "--checkpoint", str(world["run"]), "--threshold", "2"]) == 2
