@@ -268,6 +268,8 @@ def predict_folder(folder: str | Path, checkpoint: str | Path, out: str | Path =
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
+    from medvit.workers import worker_context
+
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
         raise MedvitError(f"{folder}: not a folder; pass the folder holding the DICOM files")
@@ -288,7 +290,8 @@ def predict_folder(folder: str | Path, checkpoint: str | Path, out: str | Path =
     data = DicomFiles(folder, rels, p.ingest_size, p.image_size, p.in_chans, keep_display=overlays is not None)
     loader = DataLoader(data, batch_size=batch_size or 16, shuffle=False, num_workers=workers,
                         collate_fn=collate, worker_init_fn=_init_worker if workers else None,
-                        pin_memory=p.device.type == "cuda", prefetch_factor=2 if workers else None)
+                        pin_memory=p.device.type == "cuda", prefetch_factor=2 if workers else None,
+                        multiprocessing_context=worker_context() if workers else None)
     writer = AtomicCsv(out, COLUMNS)
     breasts: list[tuple[str, str, float]] = []
     n_ok = n_overlays = 0

@@ -16,6 +16,7 @@ from medvit.train import logs, setup
 from medvit.train.checkpoint import load_checkpoint, save_checkpoint
 from medvit.train.distributed import Dist, barrier, init_distributed, shutdown
 from medvit.train.steps import predict_loader, train_step
+from medvit.workers import worker_context
 
 
 @dataclass
@@ -86,7 +87,9 @@ class Trainer:
         # A private generator: creating the loader's iterator must not consume the global RNG,
         # or a resumed run would draw different dropout masks than an uninterrupted one.
         g = torch.Generator().manual_seed(self.cfg.train.seed + self.c.epoch)
-        kw = dict(num_workers=self.cfg.data.workers, generator=g, pin_memory=self.device.type == "cuda")
+        workers = self.cfg.data.workers
+        kw = dict(num_workers=workers, generator=g, pin_memory=self.device.type == "cuda",
+                  multiprocessing_context=worker_context() if workers else None)
         if batch_sampler is not None:
             return DataLoader(dataset, batch_sampler=batch_sampler, **kw)
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kw)
