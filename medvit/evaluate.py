@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from medvit.errors import ConfigError, MedvitError
-from medvit.ingest import write_text_atomic  # temp name + os.replace
+from medvit.io import write_text  # temp name + os.replace
 
 EVAL_DIR = "eval"
 PREDICTION_COLUMNS = ["image_id", "patient_id", "laterality", "view", "label", "prob"]
@@ -219,8 +219,8 @@ def evaluate(run_dir: str | Path, *, which: str = "best", fold: int | None = Non
               "binary": binary, "checkpoint_threshold": threshold, "data": data.source, "seed": seed,
               **report, "plots": plots}
     report["notes"] = data.notes + report.get("notes", []) + plot_notes
-    write_text_atomic(out / "predictions.csv", frame.to_csv(index=False))
-    write_text_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
+    write_text(out / "predictions.csv", frame.to_csv(index=False))
+    write_text(out / "metrics.json", json.dumps(report, indent=2) + "\n")
     report["out"] = str(out)
     return report
 

@@ -6,8 +6,6 @@ returns the path. Curves come from scikit-learn; only the bootstrap band is ours
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -15,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from medvit.errors import MedvitError
+from medvit.io import atomic_path
 from medvit.metrics import _as_binary, bootstrap_auc_ci
 
 DPI = 120
@@ -29,19 +28,11 @@ def _figure(ncols: int = 1, size: tuple[float, float] = (5.5, 5.0)):
 
 
 def _save(fig, path: str | Path) -> Path:
-    """savefig to a temp name in the same folder, then os.replace: never a half-written PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """savefig to a temp name in the same folder, then rename: never a half-written PNG."""
+    with atomic_path(path) as tmp:
         fig.tight_layout()
         fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def _both_classes(y_true, prob, what: str) -> tuple[np.ndarray, np.ndarray]:

@@ -17,15 +17,15 @@ No PHI: rows carry the relative path, image_id, patient_id, laterality and view 
 from __future__ import annotations
 
 import csv
-import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medvit.errors import ConfigError, DicomError, MedvitError
+from medvit.io import atomic_path, write_text
 
 DEFAULT_INGEST_SIZE = 512  # `medvit ingest --size` default
 COLUMNS = ["path", "image_id", "patient_id", "laterality", "view", "prob", "pred", "status", "error"]
@@ -138,10 +138,12 @@ class DicomFiles:
 
     def __getitem__(self, index: int) -> dict:
         from medvit.dicom.normalize import preprocess
+        from medvit.ingest import _quiet_pydicom  # pydicom warnings can quote header values (PHI)
 
         item: dict = {"index": index, "image": None, "meta": {}, "error": "", "display": None}
         try:
-            out = preprocess(self.folder / self.rels[index], size=self.ingest_size)
+            with _quiet_pydicom():
+                out = preprocess(self.folder / self.rels[index], size=self.ingest_size)
             item["image"] = model_input(out.image, self.image_size, self.in_chans)
             item["meta"] = {k: str(out.info.get(k, "") or "") for k in META_KEYS}  # whitelist: no PHI
             if self.keep_display:
@@ -174,30 +176,6 @@ def _init_worker(_: int) -> None:
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-
-
-class AtomicCsv:
-    """CSV rows written as they come to a hidden temp file in the target folder, renamed on close."""
-
-    def __init__(self, path: Path, columns: list[str]) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        self.file = open(self.tmp, "w", encoding="utf-8", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=columns)
-        self.writer.writeheader()
-
-    def write(self, rows: list[dict]) -> None:
-        self.writer.writerows(rows)
-        self.file.flush()
-
-    def commit(self) -> None:
-        self.file.close()
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- rows
@@ -256,6 +234,33 @@ def save_overlays(p: Predictor, images, items: list[dict], probs: np.ndarray, re
     return len(ok)
 
 
+@dataclass
+class Collected:
+    n_ok: int = 0
+    breasts: list = field(default_factory=list)  # (patient_id, laterality, prob): small, for the per-breast table
+
+
+def _stream(p: Predictor, loader, writer, f, rels: list[str], ids: dict[str, str], threshold: float,
+            overlays: str | Path | None, method: str, bar) -> tuple[Collected, int]:
+    """Forward each batch as it arrives from the decode workers; write its rows at once."""
+    got, n_overlays = Collected(), 0
+    for images, items in loader:
+        probs = forward_probs(p, images) if images is not None else None
+        rows = result_rows(p, items, probs, rels, ids, threshold)
+        writer.writerows(rows)
+        f.flush()
+        for row in rows:
+            if row["status"] != "ok":
+                continue
+            got.n_ok += 1
+            if row["patient_id"] and row["laterality"] in ("L", "R"):
+                got.breasts.append((row["patient_id"], row["laterality"], row["prob"]))
+        if overlays is not None and images is not None:
+            n_overlays += save_overlays(p, images, items, probs, rels, ids, Path(overlays), method)
+        bar.update(len(items))
+    return got, n_overlays
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -292,37 +297,22 @@ def predict_folder(folder: str | Path, checkpoint: str | Path, out: str | Path =
                         collate_fn=collate, worker_init_fn=_init_worker if workers else None,
                         pin_memory=p.device.type == "cuda", prefetch_factor=2 if workers else None,
                         multiprocessing_context=worker_context() if workers else None)
-    writer = AtomicCsv(out, COLUMNS)
-    breasts: list[tuple[str, str, float]] = []
-    n_ok = n_overlays = 0
     bar = tqdm(total=len(rels), unit="img", desc="predict", file=sys.stderr,
                disable=not (sys.stderr.isatty() if progress is None else progress))
     try:
-        for images, items in loader:
-            probs = forward_probs(p, images) if images is not None else None
-            rows = result_rows(p, items, probs, rels, ids, t)
-            writer.write(rows)
-            for row in rows:
-                if row["status"] == "ok" and row["patient_id"] and row["laterality"] in ("L", "R"):
-                    breasts.append((row["patient_id"], row["laterality"], row["prob"]))
-            n_ok += len(rows) - sum(r["status"] == "error" for r in rows)
-            if overlays is not None and images is not None:
-                n_overlays += save_overlays(p, images, items, probs, rels, ids, Path(overlays), method)
-            bar.update(len(items))
-    except BaseException:
-        writer.discard()
-        raise
+        with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            got, n_overlays = _stream(p, loader, writer, f, rels, ids, t, overlays, method, bar)
     finally:
         bar.close()
-    writer.commit()
+    n_ok = got.n_ok
     summary = {"files": len(rels), "ok": n_ok, "error": len(rels) - n_ok, "out": str(out),
                "threshold": t, "ingest_size": p.ingest_size, "image_size": p.image_size,
                "backbone": p.name, "binary": p.binary, "overlays": n_overlays}
     if p.binary:
-        from medvit.ingest import write_text_atomic
-
-        table = per_breast_table(breasts, t)
-        write_text_atomic(breast_csv_path(out), table.to_csv(index=False))
+        table = per_breast_table(got.breasts, t)
+        write_text(breast_csv_path(out), table.to_csv(index=False))
         summary["per_breast"] = str(breast_csv_path(out))
         summary["breasts"] = len(table)
     return summary

@@ -303,14 +303,30 @@ def test_resume_skips_done_and_redoes_changed(rsna_copy, tmp_path):
 
 
 def test_journal_survives_a_torn_last_line(tmp_path):
-    from medvit.ingest import _Journal
+    from medvit.manifest import Journal
 
     path = tmp_path / JOURNAL_NAME
     path.write_text('{"path": "a.dcm", "status": "ok"}\n{"path": "b.dcm", "sta')
-    journal = _Journal(path)
+    journal = Journal(path)
     journal.append({"path": "c.dcm", "status": "ok"})
     journal.close()
     assert sorted(read_journal(path)) == ["a.dcm", "c.dcm"]
+
+
+def test_temp_files_a_killed_run_left_are_removed(rsna, tmp_path):
+    from medvit.io import atomic_path
+
+    out = tmp_path / "out"
+    ingest(rsna, out, size=32, workers=1, progress=False, log=lambda m: None)
+    # entered and never left, as in a process killed mid-write (kill -9 skips the cleanup)
+    writes = [atomic_path(out / "images" / "x.npy"), atomic_path(out / "manifest.csv")]
+    temps = [w.__enter__() for w in writes]
+    for tmp in temps:
+        tmp.write_bytes(b"half written")
+    assert all(p.name.startswith(".") and p.name.endswith(".tmp") for p in temps)
+    second = ingest(rsna, out, size=32, workers=1, progress=False, log=lambda m: None)
+    assert second["skipped"] == 16 and not any(p.exists() for p in temps) and no_temp_files(out)
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(f"{p.stem}.npy" for p in dicoms(rsna))
 
 
 def test_kill_and_resume_matches_uninterrupted_run(rsna, tmp_path):

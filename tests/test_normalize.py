@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 import medvit.dicom.read as read
-from medvit.dicom.normalize import out_shape, preprocess, to_unit
+from medvit.dicom.normalize import apply_geometry, out_shape, preprocess, to_uint16, to_unit
 
 from dicom_factory import breast_image, write_dicom
 
@@ -173,6 +173,53 @@ def test_bundled_syntaxes_agree():
                  "J2K_pixelrep_mismatch.dcm", "CT_small.dcm"):
         result = preprocess(bundled(name), size=64)
         assert result.image.shape == (64, 64) and result.image.max() > 0
+
+
+# ------------------------------------------------------- apply_geometry == preprocess's layout
+
+@pytest.mark.parametrize("photometric, laterality", [("MONOCHROME2", "L"), ("MONOCHROME1", "R")])
+def test_apply_geometry_places_a_full_decode_as_preprocess_does(tmp_path, photometric, laterality):
+    right, mono1 = laterality == "R", photometric == "MONOCHROME1"
+    img = breast_image(320, 256, bits=12, right=right, seed=8)
+    path = write_dicom(tmp_path / "g.dcm", 4095 - img if mono1 else img, photometric=photometric,
+                       laterality=laterality, window=(2048, 4096))
+    result = preprocess(path, size=SIZE)
+    assert result.info["flipped"] == right and result.info["reduce"] == 0
+    ds = pydicom.dcmread(path)
+    unit, _ = to_unit(ds.pixel_array, ds, mono1=mono1)  # full decode, the same VOI
+    placed = apply_geometry(unit, result.info, SIZE)
+    np.testing.assert_array_equal(to_uint16(placed), result.image)
+    as_text = {k: str(int(v) if isinstance(v, bool) else v) for k, v in result.info.items()}  # a manifest row
+    np.testing.assert_array_equal(apply_geometry(unit, as_text, SIZE), placed)
+
+
+def test_apply_geometry_puts_a_square_on_the_bright_spot_of_a_reduced_decode(tmp_path):
+    img = breast_image(640, 512, bits=12, right=True, seed=9)
+    square = np.zeros(img.shape, bool)
+    square[300:340, 380:420] = True  # inside the (right) breast
+    img[square] = 4095
+    path = write_dicom(tmp_path / "sq.dcm", img, syntax="j2k", laterality="R", window=(2048, 4096))
+    result = preprocess(path, size=SIZE)
+    assert result.info["reduce"] >= 1 and result.info["flipped"]  # decoded at 1/2 size or less
+    mask = apply_geometry(square, result.info, SIZE) >= 0.5
+    bright = result.image > 0.97 * 65535
+    assert mask.sum() > 20 and bright[mask].mean() > 0.8
+    ys, xs = np.nonzero(mask)
+    by, bx = np.nonzero(bright)
+    assert abs(ys.mean() - by.mean()) < 1 and abs(xs.mean() - bx.mean()) < 1
+    nearest = apply_geometry(square, result.info, SIZE, interpolation=cv2.INTER_NEAREST)
+    ny, nx = np.nonzero(nearest)
+    assert set(np.unique(nearest)) == {0.0, 1.0}
+    assert abs(ny.mean() - ys.mean()) < 1 and abs(nx.mean() - xs.mean()) < 1
+
+
+def test_apply_geometry_errors():
+    info = {"crop_y0": 0, "crop_x0": 0, "crop_y1": 50, "crop_x1": 40, "flipped": False}
+    with pytest.raises(ValueError, match="crop box"):
+        apply_geometry(np.zeros((50, 40)), {"flipped": True}, SIZE)
+    with pytest.raises(ValueError, match="outside"):
+        apply_geometry(np.zeros((40, 40)), info, SIZE)
+    assert apply_geometry(np.ones((50, 40)), info, 10)[:, :8].all()  # 50x40 -> 10x8, flush left
 
 
 # ------------------------------------------------------- reduced path vs full decode

@@ -161,8 +161,9 @@ def test_multiclass_checkpoint_does_not_crash(world, tmp_path):
         "data.workers=0", "model.backbone=vit_test", "model.patch_size=4", "train.epochs=1", "train.device=cpu"])
     fit(cfg, tmp_path / "run")
     s = predict_folder(world["inbox"], tmp_path / "run" / "checkpoints" / "best.pt", tmp_path / "mc.csv",
-                       ingest_size=INGEST_SIZE, device="cpu", progress=False)
+                       ingest_size=INGEST_SIZE, device="cpu", progress=False, overlays=tmp_path / "ov")
     assert s["binary"] is False and s["ok"] == world["n_dicoms"] and "per_breast" not in s
+    assert s["overlays"] == world["n_dicoms"] == len(list((tmp_path / "ov").glob("*.png")))  # ViT rollout
     ok = read(tmp_path / "mc.csv").query("status == 'ok'")
     assert ok["pred"].astype(int).between(0, 9).all()
     assert ok["prob"].astype(float).between(0.1 - 1e-6, 1).all()  # max of 10 probabilities
@@ -174,3 +175,21 @@ def test_bad_arguments(world, tmp_path, capsys):
     assert main(["predict", str(world["inbox"]), "--checkpoint", str(tmp_path)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     assert main(["predict", str(world["inbox"]), "--checkpoint", str(world["run"]), "--threshold", "2"]) == 2
+
+
+def test_failure_midway_leaves_no_csv(world, tmp_path, monkeypatch):
+    import medvit.predict as mp
+
+    calls = {"n": 0}
+    real = mp.forward_probs
+
+    def flaky(p, images):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("device lost")
+        return real(p, images)
+
+    monkeypatch.setattr(mp, "forward_probs", flaky)
+    with pytest.raises(RuntimeError):
+        predict_folder(world["inbox"], world["run"], tmp_path / "p.csv", batch_size=4, device="cpu", progress=False)
+    assert list(tmp_path.iterdir()) == []  # neither the CSV nor its temp file

@@ -108,7 +108,9 @@ def test_kill_9_and_resume_matches_uninterrupted(data_dir, tmp_path):
            f"data.image_size={SIZE}", "data.batch_size=8", "data.workers=0", "model.backbone=cnn_test",
            "optim.lr=3e-3", "train.epochs=3", "train.log_every=1", "schedule.warmup_epochs=0.5",
            "train.ckpt_every=1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # CPU float sums depend on the thread count: the subprocesses use the in-process count.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
     last = run / "checkpoints" / "last.pt"
     while time.time() < deadline:  # kill once a few steps are checkpointed, mid-run
@@ -119,7 +121,7 @@ def test_kill_9_and_resume_matches_uninterrupted(data_dir, tmp_path):
     proc.wait()
     assert load_checkpoint(last)["counters"]["stop_reason"] == ""  # really interrupted
     rc = subprocess.run([sys.executable, "-m", "medvit", "train", "--resume", str(run)],
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=300, env=env)
     assert rc.returncode == 0, rc.stderr
     assert_same_weights(weights(full), weights(run))
     pd.testing.assert_frame_equal(epoch_table(full), epoch_table(run))

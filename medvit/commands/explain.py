@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,35 +64,20 @@ def load_run(run_dir: str, which: str, device) -> LoadedRun:
     return LoadedRun(model, ckpt["model_spec"]["name"], size, data.get("dir"))
 
 
-def _atomic(path: Path, write) -> Path:
-    """write(tmp_path) then rename: no half-written file under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def save_npy(path: Path, array) -> Path:
     import numpy as np
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
+    from medvit.io import atomic_path
 
-    return _atomic(path, write)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+    return path
 
 
 def save_json(path: Path, payload: dict) -> Path:
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(json.dumps(payload, indent=2) + "\n")
+    from medvit.io import write_text
 
-    return _atomic(path, write)
+    return write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def ingest_size(data_dir: str | None) -> int:

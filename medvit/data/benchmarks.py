@@ -6,7 +6,6 @@ The readers are a few lines of numpy so that no torchvision (and no network acce
 from __future__ import annotations
 
 import gzip
-import os
 import pickle
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from torch.utils.data import Dataset
 from medvit.data.datasets import resize_square, to_tensor
 from medvit.data.transforms import apply_transform, item_seed
 from medvit.errors import MedvitError
+from medvit.io import atomic_path
 
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -29,9 +29,8 @@ IDX_MAGIC = {1: 2049, 3: 2051}  # unsigned-byte IDX: 0x0000 08 <ndim>
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 # ---------------------------------------------------------------- CIFAR-10

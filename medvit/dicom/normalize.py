@@ -2,6 +2,8 @@
 chest wall on the left. `medvit ingest` and `medvit predict` both call `preprocess`.
 
 decode -> modality LUT -> VOI -> MONOCHROME1 invert -> breast crop -> orient -> resize + pad.
+`apply_geometry` repeats the last three steps on any full-resolution array (e.g. a lesion mask)
+with the crop box and flip recorded in the info dict, through the same code.
 
 Speed: JPEG 2000 files are decoded twice at low resolution instead of once at full size: a
 preview level (long side >= PREVIEW_SIDE) to find the breast, then the coarsest level whose
@@ -22,8 +24,12 @@ from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
 from medvit.dicom.read import Pixels, read_dataset
 from medvit.errors import ConfigError, DicomError
 
+# Bump when preprocessing output changes: ingest's cache key carries it, so caches get rebuilt.
+# 2: the breast is found before the VOI window.
+VERSION = 2
 PREVIEW_SIDE = 256   # long side of the image the crop box is found on
 MAX_TABLE = 1 << 20  # largest stored-value span turned into a lookup table
+CROP_KEYS = ("crop_y0", "crop_x0", "crop_y1", "crop_x1")  # the crop box in Preprocessed.info
 
 
 @dataclass
@@ -71,12 +77,10 @@ def _preprocess(ds: Dataset, pixels: Pixels, size: int) -> Preprocessed:
     extended = (y0, x0, min(y1 + 1, raw.shape[0]), min(x1 + 1, raw.shape[1]))
     unit, voi = to_unit(raw, ds, mono1, crop=extended if level else (y0, x0, y1, x1))
     unit = align_level(unit, level)[: y1 - y0, : x1 - x0]
-    if flip:
-        unit = unit[:, ::-1]
-    image = fit_and_pad(unit, size, out_shape(box, size))
+    image = _place(unit, box, flip, size)
     info = header_info(ds) | {
-        "voi": voi, "crop_y0": box[0], "crop_x0": box[1], "crop_y1": box[2], "crop_x1": box[3],
-        "flipped": bool(flip), "reduce": level, "decoder": decoder}
+        "voi": voi, **dict(zip(CROP_KEYS, box)), "flipped": bool(flip), "reduce": level,
+        "decoder": decoder}
     return Preprocessed(to_uint16(image), info)
 
 
@@ -233,17 +237,51 @@ def out_shape(box: tuple[int, int, int, int], size: int) -> tuple[int, int]:
     return max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
 
 
-def fit_and_pad(unit: np.ndarray, size: int, shape: tuple[int, int]) -> np.ndarray:
-    """Resize to `shape` (INTER_AREA down, INTER_LINEAR up) and pad with 0 to size x size:
-    flush left, centred vertically."""
+def fit_and_pad(unit: np.ndarray, size: int, shape: tuple[int, int],
+                interpolation: int | None = None) -> np.ndarray:
+    """Resize to `shape` (`interpolation`, a cv2 flag; default INTER_AREA down, INTER_LINEAR
+    up) and pad with 0 to size x size: flush left, centred vertically."""
     oh, ow = shape
-    shrinking = oh <= unit.shape[0] and ow <= unit.shape[1]
-    resized = cv2.resize(np.ascontiguousarray(unit, np.float32), (ow, oh),
-                         interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    if interpolation is None:
+        shrinking = oh <= unit.shape[0] and ow <= unit.shape[1]
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    resized = cv2.resize(np.ascontiguousarray(unit, np.float32), (ow, oh), interpolation=interpolation)
     out = np.zeros((size, size), np.float32)
     top = (size - oh) // 2
     out[top:top + oh, :ow] = resized
     return out
+
+
+def _place(crop: np.ndarray, box: tuple[int, int, int, int], flipped: bool, size: int,
+           interpolation: int | None = None) -> np.ndarray:
+    """The layout after the crop, shared by `preprocess` and `apply_geometry`: flip, then
+    resize (aspect kept, long side `size`, from the full-res `box`) and pad."""
+    if flipped:
+        crop = crop[:, ::-1]
+    return fit_and_pad(crop, size, out_shape(box, size), interpolation)
+
+
+def apply_geometry(array: np.ndarray, info: dict, size: int, *,
+                   interpolation: int | None = None) -> np.ndarray:
+    """Place a full-resolution array in stored geometry (a lesion mask, a full decode) exactly
+    where `preprocess(path, size)` placed the image: crop to info's crop box, flip when
+    info["flipped"], resize with the aspect kept and pad flush left, centred vertically.
+
+    `info` is `Preprocessed.info` or a manifest row (numbers and flags may be text).
+    `interpolation` is a cv2 flag; None resizes as preprocess does. Returns (size, size) float32.
+    Raises ValueError when info has no usable crop box or the box lies outside `array`."""
+    try:
+        box = tuple(int(float(info[k])) for k in CROP_KEYS)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"the preprocessing info lacks a usable crop box ({', '.join(CROP_KEYS)}): "
+                         f"{err}") from err
+    array = np.asarray(array)
+    if box[2] > array.shape[0] or box[3] > array.shape[1] or min(box) < 0:
+        raise ValueError(f"crop box {box} lies outside the {array.shape[0]}x{array.shape[1]} array")
+    flipped = info.get("flipped", False)
+    if isinstance(flipped, str):  # manifest text: "1"/"0" (or "True"/"False")
+        flipped = flipped.strip().lower() in ("1", "true", "yes")
+    return _place(array[box[0]:box[2], box[1]:box[3]], box, bool(flipped), int(size), interpolation)
 
 
 def to_uint16(unit: np.ndarray) -> np.ndarray:

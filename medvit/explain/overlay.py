@@ -6,8 +6,6 @@ state, and written to a temp file then renamed.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+
+from medvit.io import atomic_path
 
 COLORMAP = "inferno"  # perceptually uniform; the same for attention, rollout and Grad-CAM
 SCALE = Normalize(vmin=0.0, vmax=1.0)  # maps from `explain` are in [0, 1]
@@ -50,18 +50,10 @@ def _draw(ax, image: np.ndarray, heatmap: np.ndarray | None, title: str, alpha: 
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        FigureCanvasAgg(fig)
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)
 
 
 def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: str | Path, *, title: str = "",

@@ -1,10 +1,9 @@
 """Pointing game (Zhang et al. 2016): does a map's maximum fall inside the lesion?
 
 Synth lesion masks are stored in the DICOM's pixel geometry; `lesion_mask_in_model_space`
-moves one through the preprocessing's crop, flip and aspect-kept resize + pad, using the
-crop box and flip recorded in the info dict (`Preprocessed.info`, copied to the manifest) and
-the layout functions of `medvit.dicom.normalize` (`out_shape`, `fit_and_pad`), so the placement
-rule is not written twice.
+moves one through the preprocessing's crop, flip and aspect-kept resize + pad with
+`medvit.dicom.normalize.apply_geometry` (the crop box and flip recorded in the info dict,
+`Preprocessed.info`, copied to the manifest), the code `preprocess` itself places images with.
 """
 from __future__ import annotations
 
@@ -14,10 +13,8 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from medvit.dicom.normalize import fit_and_pad, out_shape
+from medvit.dicom.normalize import apply_geometry
 from medvit.errors import MedvitError
-
-BOX_KEYS = ("crop_y0", "crop_x0", "crop_y1", "crop_x1")
 
 
 def pointing_game(heatmaps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> dict[str, Any]:
@@ -42,13 +39,6 @@ def pointing_game(heatmaps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -
     return {"hits": hits, "n": n, "score": hits / n if n else None, "skipped": skipped}
 
 
-def _flag(value: Any) -> bool:
-    """A manifest's 0/1 (or True/False) text, or a real bool."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes")
-    return bool(value)
-
-
 def read_mask(path: str | Path) -> np.ndarray:
     """A lesion mask PNG as a bool array."""
     mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -62,20 +52,14 @@ def read_mask(path: str | Path) -> np.ndarray:
 def lesion_mask_in_model_space(mask_png_path: str | Path, info: dict, size: int) -> np.ndarray:
     """(size, size) bool: a stored-geometry lesion mask cropped to the breast box, flipped when
     the image was, resized with its aspect kept and padded flush left, centred vertically —
-    the layout `preprocess(path, size)` gives the image."""
+    the layout `preprocess(path, size)` gives the image (`normalize.apply_geometry`)."""
     mask = read_mask(mask_png_path)
-    try:
-        box = tuple(int(float(info[k])) for k in BOX_KEYS)
-    except (KeyError, TypeError, ValueError) as err:
-        raise MedvitError(f"{mask_png_path}: the preprocessing info lacks a usable crop box "
-                          f"({', '.join(BOX_KEYS)}): {err}") from err
     rows, cols = info.get("rows"), info.get("columns")
     if rows not in (None, "") and cols not in (None, "") and mask.shape != (int(rows), int(cols)):
         raise MedvitError(f"{mask_png_path}: mask is {mask.shape[0]}x{mask.shape[1]} but the DICOM "
                           f"is {rows}x{cols}; it belongs to another image")
-    y0, x0, y1, x1 = box
-    crop = mask[y0:y1, x0:x1]
-    if _flag(info.get("flipped", False)):
-        crop = crop[:, ::-1]
-    # a mask resized like the image (area average), then a majority vote per pixel
-    return fit_and_pad(crop.astype(np.float32), int(size), out_shape(box, int(size))) >= 0.5
+    try:
+        # a mask resized like the image (area average), then a majority vote per pixel
+        return apply_geometry(mask.astype(np.float32), info, int(size)) >= 0.5
+    except ValueError as err:
+        raise MedvitError(f"{mask_png_path}: {err}") from err

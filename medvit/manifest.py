@@ -1,0 +1,249 @@
+"""The ingest manifest and its journal: image ids, labels, one row per input file, folds.
+
+`DIR/manifest.csv` has one row per input file (MANIFEST_COLUMNS): ids, label, fold, status
+(`ok` or `error` with a stable reason), the source path and cache file, and a whitelist of
+preprocessing facts (INFO_COLUMNS; no PHI). `DIR/.ingest-journal.jsonl` holds one JSON record
+per finished file, appended and flushed as files finish, so a killed run can resume.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from medvit.errors import ConfigError
+from medvit.io import write_text
+
+JOURNAL_NAME = ".ingest-journal.jsonl"
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
+RETRIED_REASONS = {"internal", "worker_crash"}
+# Fields of Preprocessed.info copied to the manifest (a whitelist: nothing else can leak).
+INFO_COLUMNS = [
+    "rows", "columns", "bits_stored", "photometric", "transfer_syntax", "voi",
+    "crop_y0", "crop_x0", "crop_y1", "crop_x1", "flipped", "reduce", "decoder",
+]
+MANIFEST_COLUMNS = [
+    "image_id", "patient_id", "laterality", "view", "label", "fold", "status", "reason", "error",
+    "path", "cache", *INFO_COLUMNS, "source_size", "source_mtime_ns", "settings",
+]
+
+
+# ----------------------------------------------------------------------------- ids and labels
+
+def image_stem(rel: str) -> str:
+    """File name without a DICOM suffix; other suffixes (UID-like names '1.2.840.5') are kept."""
+    name = rel.rsplit("/", 1)[-1]
+    root, ext = os.path.splitext(name)
+    return root if ext.lower() in DICOM_SUFFIXES else name
+
+
+def assign_image_ids(rels: list[str]) -> dict[str, str]:
+    """rel path -> image_id: the stem, or stem-<sha1(rel)[:8]> for stems seen more than once."""
+    stems = {rel: image_stem(rel) for rel in rels}
+    counts = Counter(stems.values())
+    return {
+        rel: stem if counts[stem] == 1 else f"{stem}-{hashlib.sha1(rel.encode()).hexdigest()[:8]}"
+        for rel, stem in stems.items()
+    }
+
+
+def load_labels(path: Path, label_column: str = "cancer") -> dict[str, dict[str, str]]:
+    """image_id -> {patient_id, label, laterality, view} from an RSNA-style CSV (all strings)."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read the labels CSV ({type(err).__name__}: {err})") from err
+    from medvit.errors import suggest
+
+    for column in ("image_id", label_column):
+        if column not in table.columns:
+            raise ConfigError(
+                f"{path}: labels CSV has no column {column!r}; {suggest(column, table.columns)}"
+            )
+    labels: dict[str, dict[str, str]] = {}
+    for row in table.to_dict("records"):
+        image_id = row["image_id"].strip()
+        if image_id and image_id not in labels:  # first row wins on duplicates
+            labels[image_id] = {
+                "patient_id": str(row.get("patient_id", "")).strip(),
+                "label": str(row[label_column]).strip(),
+                "laterality": str(row.get("laterality", "")).strip(),
+                "view": str(row.get("view", "")).strip(),
+            }
+    return labels
+
+
+
+# ----------------------------------------------------------------------------- journal
+
+def read_journal(path: Path) -> dict[str, dict]:
+    """rel path -> last record. Torn or unreadable lines (a kill mid-write) are ignored."""
+    records: dict[str, dict] = {}
+    if not path.exists():
+        return records
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("path"), str):
+                records[record["path"]] = record
+    return records
+
+
+class Journal:
+    """Append-only, one JSON line per finished file, flushed each time (survives kill -9)."""
+
+    def __init__(self, path: Path) -> None:
+        needs_newline = path.exists() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
+        self.f = open(path, "a", encoding="utf-8")
+        if needs_newline:  # a torn last line must not swallow the next record
+            self.f.write("\n")
+
+    def append(self, record: dict) -> None:
+        self.f.write(json.dumps(record, sort_keys=True) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
+def reusable(record: dict | None, task: dict, out: Path) -> bool:
+    """True when the journal record still holds for this task (resume skips the file)."""
+    if not record:
+        return False
+    same = all(record.get(k) == task[k] for k in
+               ("image_id", "source_size", "source_mtime_ns", "settings"))
+    if not same:
+        return False
+    if record.get("status") == "ok":
+        return (out / record.get("cache", "")).is_file()
+    return record.get("reason") not in RETRIED_REASONS
+
+
+
+# ----------------------------------------------------------------------------- rows
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(int(value))
+    return str(value)
+
+
+def build_rows(rels: list[str], records: dict[str, dict], src: Path,
+               labels: dict[str, dict] | None) -> list[dict]:
+    """One manifest row per input file, in path order."""
+    stems = Counter(image_stem(r) for r in rels)
+    rows = []
+    for rel in rels:
+        rec = records[rel]
+        info = rec.get("info") or {}
+        lab = _match_label(rel, stems, labels)
+        parent = rel.rsplit("/", 2)[-2] if "/" in rel else src.resolve().name
+        row = {
+            "image_id": rec["image_id"],
+            "patient_id": lab.get("patient_id") or _fmt(info.get("patient_id")) or parent,
+            "laterality": lab.get("laterality") or _fmt(info.get("laterality")),
+            "view": lab.get("view") or _fmt(info.get("view")),
+            "label": lab.get("label", ""),
+            "fold": "-1",
+            "status": rec["status"],
+            "reason": rec.get("reason", ""),
+            "error": rec.get("error", ""),
+            "path": rel,
+            "cache": rec.get("cache", ""),
+            "source_size": rec["source_size"],
+            "source_mtime_ns": rec["source_mtime_ns"],
+            "settings": rec["settings"],
+        }
+        row.update({k: _fmt(info.get(k)) for k in INFO_COLUMNS})
+        rows.append(row)
+    return rows
+
+
+def _match_label(rel: str, stems: Counter, labels: dict[str, dict] | None) -> dict:
+    """By image stem; a stem shared by several files only matches in the folder named after
+    the label row's patient_id (the RSNA layout)."""
+    if not labels:
+        return {}
+    stem = image_stem(rel)
+    lab = labels.get(stem)
+    if lab is None:
+        return {}
+    if stems[stem] > 1:
+        parent = rel.rsplit("/", 2)[-2] if "/" in rel else ""
+        if not lab["patient_id"] or parent != lab["patient_id"]:
+            return {}
+    return lab
+
+
+def labels_without_file(labels: dict[str, dict], rows: list[dict], rels: list[str]) -> list[dict]:
+    """Label rows whose image_id matches no input file, sorted by image_id."""
+    found = {r["image_id"] for r in rows} | {image_stem(r) for r in rels}
+    return [{"image_id": i, "patient_id": lab["patient_id"]}
+            for i, lab in sorted(labels.items()) if i not in found]
+
+
+def assign_folds(rows: list[dict], folds: int, seed: int, log: Callable[[str], None]) -> dict:
+    """Patient-grouped, label-stratified folds over labelled ok rows (in place).
+
+    Falls back to fewer folds (fewer patients than folds) or GroupKFold (one class), with a
+    warning; never raises. Returns {"folds": k, "method": ...}.
+    """
+    import numpy as np
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    idx = [i for i, r in enumerate(rows) if r["status"] == "ok" and r["label"] != ""]
+    if not idx or folds < 2:
+        for i in idx:
+            rows[i]["fold"] = "0"
+        return {"folds": 1 if idx else 0, "method": "none"}
+    y = np.array([rows[i]["label"] for i in idx])
+    groups = np.array([rows[i]["patient_id"] for i in idx])
+    n_groups = len(set(groups))
+    k = min(folds, n_groups)
+    if k < folds:
+        log(f"warning: {n_groups} labelled patients < {folds} folds; using {k} folds")
+    if k < 2:
+        for i in idx:
+            rows[i]["fold"] = "0"
+        return {"folds": 1, "method": "single"}
+    if len(set(y)) < 2:
+        log("warning: only one label class among ok rows; folds are patient-grouped, not stratified")
+        splitter, method = GroupKFold(n_splits=k), "GroupKFold"
+    else:
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        method = "StratifiedGroupKFold"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class" is expected on tiny sets
+        for fold, (_, test) in enumerate(splitter.split(np.zeros(len(idx)), y, groups)):
+            for j in test:
+                rows[idx[j]]["fold"] = str(fold)
+    return {"folds": k, "method": method}
+
+
+def write_csv(path: Path, columns: list[str], rows: Iterable[dict]) -> None:
+    """`columns` of `rows` (None -> empty), written to a temp name, then renamed."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+    write_text(path, buf.getvalue())
