@@ -179,7 +179,6 @@ def evaluate(run_dir: str | Path, *, which: str = "best", fold: int | None = Non
 
     which: best | last (inside RUN_DIR/checkpoints) or a checkpoint file.
     """
-    import torch
     from torch.utils.data import DataLoader
 
     from medvit.config import config_from_dict

@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from medvit.errors import ConfigError, MedvitError
-from medvit.ingest_workers import quiet_pydicom as _quiet_pydicom  # noqa: F401 (predict imports it)
 from medvit.ingest_workers import run_pool, run_serial
 from medvit.io import write_text
 from medvit.manifest import (  # noqa: F401 (re-exported: medvit.ingest.* is the public face)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from medvit.errors import DicomError, MedvitError
-from medvit.io import atomic_path
+from medvit.io import save_npy
 from medvit.manifest import INFO_COLUMNS
 
 _INFO_KEYS = set(INFO_COLUMNS) | {"patient_id", "laterality", "view"}
@@ -48,14 +48,6 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def save_npy(image: Any, final: Path) -> None:
-    """np.save to a temp name in the same folder, then rename: no half-written final file."""
-    import numpy as np
-
-    with atomic_path(final) as tmp, open(tmp, "wb") as f:
-        np.save(f, image, allow_pickle=False)
-
-
 def process_one(task: dict, preprocess: Callable | None = None) -> dict:
     """Preprocess one file, write its .npy, return its journal record. Never raises on bad input.
 
@@ -72,7 +64,7 @@ def process_one(task: dict, preprocess: Callable | None = None) -> dict:
         image = out.image
         if image.shape != (task["size"], task["size"]) or image.dtype != np.uint16:
             raise ValueError("preprocess returned a wrong shape or dtype")
-        save_npy(image, Path(task["cache_abs"]))
+        save_npy(Path(task["cache_abs"]), image)
     except DicomError as err:
         return failed_record(task, err.reason, _short(err.detail))
     except Exception as err:  # a bug or a decoder failure must not stop the batch

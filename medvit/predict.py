@@ -89,11 +89,15 @@ def load_predictor(checkpoint: str | Path, *, which: str = "best", device: str =
 
 
 def model_input(image: np.ndarray, image_size: int, in_chans: int = 1):
-    """(S, S) uint16 from `preprocess` -> (C, s, s) float tensor, as MammoDataset builds it at
-    validation: integer / dtype max -> resize_square -> to_tensor (grey repeated for C > 1)."""
+    """(S, S) image from `preprocess` (uint16) or the cache loader (float in [0, 1]) -> (C, s, s)
+    float tensor, as MammoDataset builds it at validation: resize_square -> to_tensor (grey
+    repeated for C > 1)."""
     from medvit.data.datasets import resize_square, to_tensor
 
-    unit = image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+    if np.issubdtype(image.dtype, np.integer):
+        unit = image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+    else:
+        unit = image.astype(np.float32, copy=False)
     x = to_tensor(resize_square(unit, image_size))
     return x.expand(in_chans, -1, -1).contiguous() if in_chans > 1 else x
 
@@ -138,11 +142,11 @@ class DicomFiles:
 
     def __getitem__(self, index: int) -> dict:
         from medvit.dicom.normalize import preprocess
-        from medvit.ingest import _quiet_pydicom  # pydicom warnings can quote header values (PHI)
+        from medvit.ingest_workers import quiet_pydicom  # pydicom warnings can quote header values (PHI)
 
         item: dict = {"index": index, "image": None, "meta": {}, "error": "", "display": None}
         try:
-            with _quiet_pydicom():
+            with quiet_pydicom():
                 out = preprocess(self.folder / self.rels[index], size=self.ingest_size)
             item["image"] = model_input(out.image, self.image_size, self.in_chans)
             item["meta"] = {k: str(out.info.get(k, "") or "") for k in META_KEYS}  # whitelist: no PHI

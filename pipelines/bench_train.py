@@ -10,6 +10,7 @@ On a GPU (`--device cuda`) it also reports bf16 images/s and model-FLOP utilisat
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -52,21 +53,26 @@ def loader_rate(trainer, n_batches: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-def bare_rate(trainer, images, labels, steps: int, warmup: int) -> float:
-    """A plain loop: same model class, AdamW, BCE, clipping, same tensors, nothing else."""
+def bare_rate(trainer, batches, steps: int, warmup: int) -> float:
+    """A plain loop: same model class, AdamW, BCE, clipping, nothing else. `batches` yields
+    (images, labels): the same tensors again and again, or medvit's DataLoader."""
     import torch
     import torch.nn.functional as F
 
     from medvit.models import create_backbone
 
+    torch.manual_seed(0)
     model = create_backbone(trainer.spec["name"], **trainer.spec["kwargs"]).to(trainer.device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
     dev, amp = trainer.device, trainer.amp
-    images, labels = images.to(dev), labels.float().to(dev)
-    for i in range(steps + warmup):
+    n = 0
+    for i, (images, labels) in enumerate(batches):
         if i == warmup:
             _sync(dev)
-            t = time.perf_counter()
+            t, n = time.perf_counter(), 0
+        if i == steps + warmup:
+            break
+        images, labels = images.to(dev, non_blocking=True), labels.float().to(dev, non_blocking=True)
         with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
             logits = model(images)
         loss = F.binary_cross_entropy_with_logits(logits.float().reshape(-1), labels)
@@ -74,8 +80,9 @@ def bare_rate(trainer, images, labels, steps: int, warmup: int) -> float:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        n += len(images)
     _sync(dev)
-    return steps * len(images) / (time.perf_counter() - t)
+    return n / (time.perf_counter() - t)
 
 
 def trainer_rate(run_dir: Path, warmup: int) -> float:
@@ -126,17 +133,26 @@ def main() -> None:
         run = Path(tmp) / "run"
         trainer = Trainer(config(args, data, run), run)
         load = loader_rate(trainer, args.steps)
-        images, labels = next(iter(trainer._loader(trainer.data.train, batch_sampler=list(trainer.sampler)[:1])))
-        bare = bare_rate(trainer, images, labels, args.steps, args.warmup)
+        trainer.sampler.set_epoch(0)
+        batches = list(trainer.sampler)
+        fixed = next(iter(trainer._loader(trainer.data.train, batch_sampler=batches[:1])))
+        # The bare loop runs before and after the trainer (the machine's speed drifts) ...
+        bare = [bare_rate(trainer, itertools.repeat(fixed), args.steps, args.warmup)]
+        # ... and once fed by medvit's DataLoader: on a CPU the loader's workers share the cores.
+        bare_loader = bare_rate(trainer, trainer._loader(trainer.data.train, batch_sampler=batches),
+                                args.steps, args.warmup)
         trainer.fit()
         medvit = trainer_rate(run, args.warmup)
+        bare.append(bare_rate(trainer, itertools.repeat(fixed), args.steps, args.warmup))
+        ref = float(np.mean(bare))
         print(f"model {args.backbone} patch {args.patch} at {args.image_size}px, batch {args.batch_size}, "
-              f"{trainer.device}, amp {trainer.amp}")
-        print(f"{'bare timm loop':28s} {bare:8.1f} images/s")
-        print(f"{'medvit trainer':28s} {medvit:8.1f} images/s   ratio {medvit / bare:.2f}x  (goal >= 0.95x)")
-        print(f"{'data loader alone':28s} {load:8.1f} images/s   ratio {load / bare:.2f}x of the step (goal >= 2x)")
-        print(f"{'model-FLOP utilisation':28s} {mfu(trainer, medvit)}")
-
+              f"{trainer.device}, amp {trainer.amp}, {args.workers} loader worker(s)")
+        print(f"{'bare timm loop, same tensors':34s} {ref:8.1f} images/s   (before {bare[0]:.1f}, after {bare[1]:.1f})")
+        print(f"{'bare timm loop, medvit loader':34s} {bare_loader:8.1f} images/s   ratio {bare_loader / ref:.2f}x")
+        print(f"{'medvit trainer':34s} {medvit:8.1f} images/s   ratio {medvit / ref:.2f}x  (goal >= 0.95x); "
+              f"{medvit / bare_loader:.2f}x of the bare loop on the same loader")
+        print(f"{'data loader alone':34s} {load:8.1f} images/s   ratio {load / ref:.2f}x of the step (goal >= 2x)")
+        print(f"{'model-FLOP utilisation':34s} {mfu(trainer, medvit)}")
 
 if __name__ == "__main__":
     main()

@@ -5,8 +5,7 @@
 set -euo pipefail
 OUT=${DEMO_OUT:-demo-out}
 PATIENTS=${DEMO_PATIENTS:-80}
-SIZE=${DEMO_IMAGE_SIZE:-128}
-EPOCHS=${DEMO_EPOCHS:-12}
+EPOCHS=${DEMO_EPOCHS:-10}
 rm -rf "$OUT/runs"
 
 echo "== 1/6 synth: $PATIENTS patients of RSNA-like mammograms (J2K, JPEG Lossless, uncompressed)"
@@ -15,11 +14,9 @@ echo "== 1/6 synth: $PATIENTS patients of RSNA-like mammograms (J2K, JPEG Lossle
 echo "== 2/6 ingest: DICOM -> 512x512 cache + manifest (resumable: a rerun skips what is done)"
 medvit ingest "$OUT/rsna" --out "$OUT/data" --no-progress
 
-echo "== 3/6 train: a CNN and a ViT (patch 16), same trainer, validation fold 0"
-medvit train --config configs/mammo_cnn.yaml --data "$OUT/data" --image-size "$SIZE" --batch-size 16 \
-  --epochs "$EPOCHS" --out "$OUT/runs/cnn" data.workers=1
-medvit train --config configs/mammo_vit16.yaml --data "$OUT/data" --image-size "$SIZE" --batch-size 16 \
-  --epochs "$EPOCHS" --out "$OUT/runs/vit" data.workers=1
+echo "== 3/6 train: a CNN and a ViT (patch 16) at 128 px, same trainer, validation fold 0"
+medvit train --config configs/demo_cnn.yaml --data "$OUT/data" --epochs "$EPOCHS" --out "$OUT/runs/cnn" data.workers=1
+medvit train --config configs/demo_vit.yaml --data "$OUT/data" --epochs "$EPOCHS" --out "$OUT/runs/vit" data.workers=1
 
 echo "== 4/6 evaluate: AUC with bootstrap CI, sens@spec, pF1, per breast; ROC/PR plots"
 medvit evaluate "$OUT/runs/cnn"
@@ -30,6 +27,7 @@ POS=$(python -c "import pandas as pd; m = pd.read_csv('$OUT/data/manifest.csv', 
 medvit explain "$OUT/runs/vit" $POS --compare "$OUT/runs/cnn" --out "$OUT/explain"
 medvit explain "$OUT/runs/cnn" --pointing "$OUT/rsna" --fold 0 --out "$OUT/explain"
 medvit explain "$OUT/runs/vit" --pointing "$OUT/rsna" --fold 0 --out "$OUT/explain"
+medvit explain "$OUT/runs/vit" --class-mean --fold 0 --out "$OUT/explain"
 
 echo "== 6/6 predict: a folder of DICOMs -> CSV (+ per-breast CSV, overlays), same preprocessing as ingest"
 medvit predict "$OUT/rsna/train_images" --checkpoint "$OUT/runs/cnn" --out "$OUT/predictions.csv" \

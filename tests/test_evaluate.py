@@ -16,35 +16,15 @@ from medvit.evaluate import evaluate
 from medvit.metrics import binary_metrics, multiclass_metrics, per_breast_metrics
 from medvit.train import fit
 
+from fake_cache import make_manifest
+
 SIZE = 32
 
-
-def make_manifest(root: Path, n_patients: int = 12, seed: int = 0) -> Path:
-    """An ingest-style folder: 4 images per patient, the positive breast's images carry a blob."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    rows = []
-    for p in range(n_patients):
-        positive_side = "L" if p % 2 == 0 else ""
-        for lat in "LR":
-            for view in ("CC", "MLO"):
-                image_id = f"{p}{lat}{view}"
-                label = int(lat == positive_side)
-                img = rng.normal(0.3, 0.05, (SIZE, SIZE))
-                if label:
-                    y, x = rng.integers(6, SIZE - 6, 2)
-                    img[y - 3:y + 3, x - 3:x + 3] += 0.6
-                np.save(root / "images" / f"{image_id}.npy", (np.clip(img, 0, 1) * 65535).astype(np.uint16))
-                rows.append({"image_id": image_id, "patient_id": f"p{p}", "laterality": lat, "view": view,
-                             "label": label, "fold": p % 3, "status": "ok", "error": "",
-                             "path": f"{p}/{image_id}.dcm", "cache": f"images/{image_id}.npy"})
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    return root
 
 
 @pytest.fixture(scope="module")
 def mammo_run(tmp_path_factory) -> Path:
-    data = make_manifest(tmp_path_factory.mktemp("mammo"))
+    data = make_manifest(tmp_path_factory.mktemp("mammo"), SIZE)
     run = tmp_path_factory.mktemp("runs") / "cnn"
     cfg = load_config(None, [
         f"data.dir={data}", f"data.image_size={SIZE}", "data.batch_size=8", "data.workers=0",

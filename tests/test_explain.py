@@ -30,6 +30,8 @@ from medvit.explain import (
 from medvit.explain.attention import attention_from_input, block_output_from_attention
 from medvit.models import create_backbone
 
+from fake_cache import make_manifest
+
 SIZE = 64
 
 
@@ -251,7 +253,13 @@ def test_pointing_game_known_case():
     mask[8:20, 8:20] = 255  # map cells 2..4
     empty = np.zeros((64, 64), np.uint8)
     result = pointing_game([hit, miss, hit], [mask, mask, empty])
-    assert result == {"hits": 1, "n": 2, "score": 0.5, "skipped": 1}
+    assert result == {"hits": 1, "n": 2, "score": 0.5, "hits_strict": 1, "score_strict": 0.5,
+                      "tolerance": 0.0, "skipped": 1}
+    near = np.zeros((16, 16), np.float32)
+    near[3, 7] = 1.0  # two cells right of the mask's last column (4)
+    assert pointing_game([near], [mask], tolerance=1 / 16)["hits"] == 0  # 1 cell: too far
+    loose = pointing_game([near, miss], [mask, mask], tolerance=3 / 16)  # 3 cells
+    assert (loose["hits"], loose["hits_strict"], loose["score"]) == (1, 0, 0.5)
     with pytest.raises(ValueError):
         pointing_game([hit], [])
 
@@ -327,6 +335,10 @@ def test_overlay_and_panel_pngs(tmp_path):
     with Image.open(out) as im:
         w, h = im.size
         assert im.format == "PNG" and 300 < w < 1500 and 300 < h < 1500
+        rgb = np.asarray(im.convert("RGB"), dtype=int)
+    hot, cold = rgb[h - 12, 500], rgb[40, 12]  # the map's 1 (bottom right) and 0 (top left) corners
+    # inferno is (252, 255, 164) at 1 and (0, 0, 4) at 0, blended at 0.45 over grey: R - B ~ 40 vs ~ -2
+    assert hot[0] - hot[2] > 25 and abs(cold[0] - cold[2]) < 10
     panel = save_panel(image.astype(np.float32) / 65535, {"vit rollout": heat, "cnn gradcam": heat[::-1]},
                        tmp_path / "a_panel.png", title="a")
     with Image.open(panel) as im:
@@ -339,34 +351,13 @@ def test_overlay_and_panel_pngs(tmp_path):
 
 # ------------------------------------------------------------------------------------ CLI
 
-def make_manifest(root: Path, n_patients: int = 6) -> Path:
-    """A tiny ingest-style folder: 4 images per patient, positives carry a bright blob."""
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True)
-    rows = []
-    for p in range(n_patients):
-        for lat in "LR":
-            for view in ("CC", "MLO"):
-                image_id = f"{p}{lat}{view}"
-                label = int(lat == "L" and p % 2 == 0)
-                img = rng.normal(0.3, 0.05, (SIZE, SIZE))
-                if label:
-                    y, x = rng.integers(8, SIZE - 8, 2)
-                    img[y - 5:y + 5, x - 5:x + 5] += 0.6
-                np.save(root / "images" / f"{image_id}.npy", (np.clip(img, 0, 1) * 65535).astype(np.uint16))
-                rows.append({"image_id": image_id, "patient_id": str(p), "laterality": lat, "view": view,
-                             "label": label, "fold": p % 3, "status": "ok", "error": "",
-                             "path": f"{p}/{image_id}.dcm", "cache": f"images/{image_id}.npy"})
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    return root
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     from medvit.train import fit
 
     root = tmp_path_factory.mktemp("explain_runs")
-    data = make_manifest(root / "data")
+    data = make_manifest(root / "data", SIZE, n_patients=6, blob=5)
     out = {}
     for backbone in ("vit_test", "cnn_test"):
         cfg = load_config(None, [f"data.dir={data}", f"data.image_size={SIZE}", "data.batch_size=8",
@@ -400,11 +391,25 @@ def test_cli_explain_vit_with_cnn_panel(runs, tmp_path, capsys):
 
 def _cls_self(runs: dict, image_id: str) -> np.ndarray:
     """CLS attention to itself per (layer, head): what the patch grid's sum misses from 1."""
-    from medvit.commands.explain import load_run, model_input
+    from medvit.commands.explain import load_run
+    from medvit.predict import model_input
 
     run = load_run(str(runs["vit_test"]), "last", torch.device("cpu"))
     full = np.load(runs["vit_test"].parent / "data" / "images" / f"{image_id}.npy").astype(np.float32) / 65535
-    return attention_maps(run.model, model_input(full, SIZE))[0, :, :, 0, 0].numpy()
+    return attention_maps(run.model, model_input(full, SIZE)[None])[0, :, :, 0, 0].numpy()
+
+
+def test_cli_class_mean_maps(runs, tmp_path):
+    out = tmp_path / "mean"
+    assert main(["explain", str(runs["cnn_test"]), "--class-mean", "--fold", "1", "--out", str(out)]) == 0
+    maps = np.load(out / "class_mean_gradcam.npy")
+    info = json.loads((out / "class_mean_gradcam.json").read_text())
+    frame = pd.read_csv(runs["cnn_test"].parent / "data" / "manifest.csv")
+    fold = frame[frame["fold"] == 1]
+    assert info["classes"] == [0, 1] and info["counts"] == [int((fold.label == 0).sum()), int((fold.label == 1).sum())]
+    assert maps.shape == (2, SIZE, SIZE) and 0 <= maps.min() and maps.max() <= 1
+    assert not np.allclose(maps[0], maps[1])
+    assert (out / "class_mean_gradcam.png").stat().st_size > 0
 
 
 def test_cli_explain_cnn_and_errors(runs, tmp_path, capsys):
@@ -429,10 +434,13 @@ def test_cli_dicom_input_and_pointing_game(runs, synth_data, tmp_path, capsys):
     capsys.readouterr()
     assert main(["explain", str(runs["cnn_test"]), "--pointing", str(synth), "--data", str(data),
                  "--out", str(out)]) == 0
-    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("pointing game:")]
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("pointing game")]
     result = json.loads((out / "pointing_gradcam.json").read_text())
     n_masks = len(list((synth / "lesion_masks").glob("*.png")))
     assert result["n"] + result["skipped"] == n_masks and result["n"] >= 2
-    assert 0 <= result["hits"] <= result["n"] and result["method"] == "gradcam"
-    assert line == [f"pointing game: {result['hits']}/{result['n']} = {result['score']:.3f} (gradcam)"]
+    assert 0 <= result["hits_strict"] <= result["hits"] <= result["n"] and result["method"] == "gradcam"
+    assert result["tolerance"] == pytest.approx(15 / 224)
+    assert line == [f"pointing game (cnn_test, gradcam): {result['hits']}/{result['n']} = {result['score']:.3f} "
+                    f"within 0.067 of the side; {result['hits_strict']}/{result['n']} = "
+                    f"{result['score_strict']:.3f} inside the lesion"]
     assert sorted(result["image_ids"]) == sorted(p.stem for p in (synth / "lesion_masks").glob("*.png"))

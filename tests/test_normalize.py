@@ -122,7 +122,7 @@ def test_preprocess_kinds(tmp_path, syntax, bits, photometric, laterality):
     # crop box: the ellipse spans rows 0.10..0.94 and 68 % of the width; the label is out
     y0, x0, y1, x1 = (info[k] for k in ("crop_y0", "crop_x0", "crop_y1", "crop_x1"))
     assert y0 <= 0.11 * 320 and y1 >= 0.93 * 320 and y1 - y0 < 0.95 * 320
-    label_x0, label_x1 = 256 - 256 // 30 - 256 // 8, 256 - 256 // 30
+    label_x0 = 256 - 256 // 30 - 256 // 8
     if right:
         assert x1 == 256 and x0 >= 0.25 * 256 and x0 > 256 - label_x0
     else:

@@ -17,36 +17,15 @@ from medvit.config import load_config
 from medvit.train import fit
 from medvit.train.checkpoint import build_model_from_checkpoint, load_checkpoint
 
+from fake_cache import make_manifest
+
 SIZE = 32
 
-
-def make_manifest(root: Path, n_patients: int = 12, seed: int = 0) -> Path:
-    """A tiny ingest-style folder: 4 images per patient, positives carry a bright blob."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    rows = []
-    for p in range(n_patients):
-        positive_side = "L" if p % 2 == 0 else ""
-        for lat in "LR":
-            for view in ("CC", "MLO"):
-                image_id = f"{p}{lat}{view}"
-                label = int(lat == positive_side)
-                img = rng.normal(0.3, 0.05, (SIZE, SIZE))
-                if label:
-                    y, x = rng.integers(6, SIZE - 6, 2)
-                    img[y - 3:y + 3, x - 3:x + 3] += 0.6
-                np.save(root / "images" / f"{image_id}.npy", (np.clip(img, 0, 1) * 65535).astype(np.uint16))
-                rows.append({"image_id": image_id, "patient_id": str(p), "laterality": lat, "view": view,
-                             "label": label, "fold": p % 3, "status": "ok", "error": "",
-                             "path": f"{p}/{image_id}.dcm", "cache": f"images/{image_id}.npy",
-                             "rows": SIZE, "columns": SIZE})
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    return root
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    return make_manifest(tmp_path_factory.mktemp("mammo"))
+    return make_manifest(tmp_path_factory.mktemp("mammo"), SIZE)
 
 
 def cfg_for(data_dir: Path, *extra: str):

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_INGEST_SIZE = 512  # `medvit ingest --size` default, used when DATA_DIR has no manifest
 BATCH = 8
 
 
@@ -21,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "side by side); for a ViT with --method attention also OUT/<image_id>_attention_heads.npy "
                     "(layers x heads x grid). With --pointing SYNTH_DIR instead of IMAGES: the pointing game "
                     "over the ingested synth images that have a lesion mask (SYNTH_DIR/lesion_masks/"
-                    "<image_id>.png), printed and written to OUT/pointing_<method>.json.")
+                    "<image_id>.png), printed and written to OUT/pointing_<method>.json. With --class-mean: "
+                    "the mean map of each class over the labelled images, OUT/class_mean_<method>.png/.npy/.json.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="training run directory (or a checkpoint file)")
     p.add_argument("images", nargs="*", metavar="IMAGE",
                    help="DICOM files (preprocessed as at ingest) or ingested image_ids (read from --data)")
@@ -34,7 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a second run (e.g. a CNN next to a ViT) shown beside the first in a panel")
     p.add_argument("--pointing", metavar="SYNTH_DIR",
                    help="score the pointing game on the synth images with lesion masks ingested into --data")
-    p.add_argument("--fold", type=int, help="with --pointing: only images of this fold (default: all)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="with --pointing: a hit within this share of the map side of the lesion "
+                        "(default 15/224, Zhang et al. 2016's 15 px at 224 px)")
+    p.add_argument("--class-mean", action="store_true",
+                   help="mean map per class over the ingested, labelled images in --data (seed 000, fig. 16b)")
+    p.add_argument("--fold", type=int,
+                   help="with --pointing or --class-mean: only images of this fold (default: all)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.set_defaults(func=run)
 
@@ -64,35 +70,10 @@ def load_run(run_dir: str, which: str, device) -> LoadedRun:
     return LoadedRun(model, ckpt["model_spec"]["name"], size, data.get("dir"))
 
 
-def save_npy(path: Path, array) -> Path:
-    import numpy as np
-
-    from medvit.io import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-    return path
-
-
 def save_json(path: Path, payload: dict) -> Path:
     from medvit.io import write_text
 
     return write_text(path, json.dumps(payload, indent=2) + "\n")
-
-
-def ingest_size(data_dir: str | None) -> int:
-    """The side `medvit ingest` used for DATA_DIR (manifest's settings "size=512;v=1"), so a
-    DICOM given here is preprocessed exactly as the training images were."""
-    import pandas as pd
-
-    manifest = Path(data_dir or "") / "manifest.csv"
-    if data_dir and manifest.is_file():
-        settings = pd.read_csv(manifest, usecols=lambda c: c == "settings", dtype=str)
-        for value in settings.get("settings", pd.Series(dtype=str)).dropna():
-            for part in value.split(";"):
-                if part.startswith("size="):
-                    return int(part[5:])
-    return DEFAULT_INGEST_SIZE
 
 
 class ImageSource:
@@ -122,8 +103,11 @@ class ImageSource:
 
         if Path(item).is_file():
             from medvit.dicom.normalize import preprocess
+            from medvit.ingest_workers import quiet_pydicom  # pydicom warnings can quote PHI
+            from medvit.predict import ingest_size
 
-            image = preprocess(item, size=ingest_size(self.data_dir)).image
+            with quiet_pydicom():
+                image = preprocess(item, size=ingest_size(self.data_dir)).image
             return image_stem(Path(item).name), image.astype(np.float32) / np.float32(65535)
         frame = self.frame()
         rows = frame[frame["image_id"] == item]
@@ -135,16 +119,11 @@ class ImageSource:
         return item, MammoDataset(self.data_dir, rows.iloc[:1]).load(0)
 
 
-def model_input(full, image_size: int):
-    """The validation path of the Dataset: resize_square then to_tensor, batch of one."""
-    from medvit.data.datasets import resize_square, to_tensor
-
-    return to_tensor(resize_square(full, image_size))[None]
-
-
 def explain_images(args: argparse.Namespace, primary: LoadedRun, out: Path, device) -> int:
     from medvit.errors import MedvitError
     from medvit.explain import cls_attention, explain, resolve_method, save_overlay, save_panel
+    from medvit.io import save_npy
+    from medvit.predict import model_input
 
     method = resolve_method(primary.model, args.method)
     compare = None
@@ -160,14 +139,14 @@ def explain_images(args: argparse.Namespace, primary: LoadedRun, out: Path, devi
     for item in args.images:
         try:
             image_id, full = source.load(item)
-            x = model_input(full, primary.image_size).to(device)
+            x = model_input(full, primary.image_size)[None].to(device)
             heat = explain(primary.model, x, method)[0]
             save_npy(out / f"{image_id}_{method}.npy", heat)
             save_overlay(full, heat, out / f"{image_id}_{method}.png", title=f"{image_id}  {primary.name} {method}")
             if method == "attention":
                 save_npy(out / f"{image_id}_attention_heads.npy", cls_attention(primary.model, x)[0].numpy())
             if compare is not None:
-                other = explain(compare.model, model_input(full, compare.image_size).to(device), compare_method)[0]
+                other = explain(compare.model, model_input(full, compare.image_size)[None].to(device), compare_method)[0]
                 save_panel(full, {f"{primary.name} {method}": heat, f"{compare.name} {compare_method}": other},
                            out / f"{image_id}_panel.png", title=image_id)
             print(f"{image_id}: {out / f'{image_id}_{method}.png'}")
@@ -187,6 +166,10 @@ def pointing(args: argparse.Namespace, primary: LoadedRun, out: Path, device) ->
     from medvit.explain import explain, lesion_mask_in_model_space, pointing_game, resolve_method
     from medvit.ingest import image_stem
 
+    from medvit.explain.pointing import TOLERANCE
+
+    if args.tolerance is None:
+        args.tolerance = TOLERANCE
     method = resolve_method(primary.model, args.method)
     data_dir = args.data or primary.data_dir
     masks_dir = Path(args.pointing) / "lesion_masks"
@@ -212,11 +195,14 @@ def pointing(args: argparse.Namespace, primary: LoadedRun, out: Path, device) ->
         for i in idx:
             size = dataset.load(i).shape[0]  # the ingest side: the mask follows the cached image's layout
             masks.append(lesion_mask_in_model_space(pngs[i], frame.iloc[i].to_dict(), size))
-    result = pointing_game(heatmaps, masks)
+    result = pointing_game(heatmaps, masks, tolerance=args.tolerance)
     result.update(method=method, backbone=primary.name, checkpoint=args.checkpoint, fold=args.fold,
                   image_ids=frame["image_id"].astype(str).tolist())
-    score = "n/a" if result["score"] is None else f"{result['score']:.3f}"
-    print(f"pointing game: {result['hits']}/{result['n']} = {score} ({method})")
+    def share(hits: int) -> str:
+        return f"{hits}/{result['n']} = {hits / result['n']:.3f}" if result["n"] else "n/a"
+
+    print(f"pointing game ({primary.name}, {method}): {share(result['hits'])} within "
+          f"{args.tolerance:.3f} of the side; {share(result['hits_strict'])} inside the lesion")
     if result["skipped"]:
         print(f"skipped {result['skipped']} image(s) whose lesion is outside the crop or below one pixel")
     path = save_json(out / f"pointing_{method}.json", result)
@@ -224,16 +210,59 @@ def pointing(args: argparse.Namespace, primary: LoadedRun, out: Path, device) ->
     return 0
 
 
+def class_means(args: argparse.Namespace, primary: LoadedRun, out: Path, device) -> int:
+    """Mean map per label over the ingested images (and their mean image as the backdrop)."""
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from medvit.data.datasets import MammoDataset, read_manifest
+    from medvit.errors import MedvitError
+    from medvit.explain import class_mean_maps, resolve_method, save_panel
+    from medvit.io import save_npy
+
+    method = resolve_method(primary.model, args.method)
+    data_dir = args.data or primary.data_dir
+    frame = read_manifest(data_dir)
+    frame = frame[(frame["status"] == "ok") & frame["label"].notna()]
+    if args.fold is not None:
+        frame = frame[frame["fold"] == args.fold]
+    if frame.empty:
+        raise MedvitError(f"{data_dir}/manifest.csv: no labelled, ingested image to average"
+                          + (f" in fold {args.fold}" if args.fold is not None else ""))
+    loader = DataLoader(MammoDataset(data_dir, frame.reset_index(drop=True), primary.image_size),
+                        batch_size=BATCH)
+    image_sum = np.zeros((primary.image_size,) * 2)
+
+    def batches():
+        nonlocal image_sum
+        for x, y in loader:
+            image_sum = image_sum + x[:, 0].sum(0).numpy()
+            yield x.to(device), y
+
+    means = class_mean_maps(primary.model, batches(), method)
+    counts = frame["label"].astype(int).value_counts().to_dict()
+    labels = {f"label {c} (n={counts[c]})": m for c, m in means.items()}
+    save_panel(image_sum / len(frame), labels, out / f"class_mean_{method}.png",
+               title=f"{primary.name}: mean {method} map per class")
+    save_npy(out / f"class_mean_{method}.npy", np.stack(list(means.values())))
+    save_json(out / f"class_mean_{method}.json", {"method": method, "backbone": primary.name, "fold": args.fold,
+                                                 "classes": list(means), "counts": [counts[c] for c in means]})
+    print(f"class-mean {method} maps for {len(frame)} images ({', '.join(labels)}) -> {out}/class_mean_{method}.png")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from medvit.errors import ConfigError
     from medvit.train.setup import pick_device
 
-    if not args.images and not args.pointing:
-        raise ConfigError("give IMAGES (DICOM files or image_ids) or --pointing SYNTH_DIR")
+    if not args.images and not args.pointing and not args.class_mean:
+        raise ConfigError("give IMAGES (DICOM files or image_ids), --pointing SYNTH_DIR or --class-mean")
     device = pick_device(args.device)
     primary = load_run(args.run_dir, args.checkpoint, device)
     base = Path(args.run_dir) if Path(args.run_dir).is_dir() else Path(args.run_dir).parent
     out = Path(args.out) if args.out else base / "explain"
     if args.pointing:
         return pointing(args, primary, out, device)
+    if args.class_mean:
+        return class_means(args, primary, out, device)
     return explain_images(args, primary, out, device)

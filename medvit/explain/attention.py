@@ -2,9 +2,9 @@
 
 Every medvit ViT runs with fused attention (`F.scaled_dot_product_attention`), which never
 materialises the attention matrix. Rather than switching a block to its slow path, a forward
-pre-hook on each `block.attn` receives the block's normalised tokens and recomputes the
-attention from the same `qkv` / `q_norm` / `k_norm` / `scale`; fused attention stays on and the
-hooks are removed in a `finally`. The hooks compute only what the caller needs (the CLS row,
+hook on each `block.attn.qkv` receives the projection the block computes anyway and rebuilds
+softmax(q kᵀ · scale) from it with the block's `q_norm` / `k_norm` / `scale` (no second qkv
+matmul); fused attention stays on and the hooks are removed in a `finally`. The hooks compute only what the caller needs (the CLS row,
 a head-fused matrix or every head), so a patch-8 ViT at 512 px (4097 tokens) does not hold six
 layers of 8 × 4097 × 4097 matrices unless `attention_maps` is asked for them.
 
@@ -37,21 +37,25 @@ def grid_size(model: nn.Module) -> tuple[int, int]:
     return int(gh), int(gw)
 
 
-def _split_qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v as (B, H, N, head_dim), exactly as timm's Attention.forward makes them."""
-    b, n, _ = x.shape
-    heads = attn.num_heads
-    qkv = attn.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
+def _split_qkv(attn: nn.Module, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The output of `attn.qkv` (B, N, 3·C) -> q, k, v as (B, H, N, head_dim), exactly as
+    timm's Attention.forward makes them."""
+    b, n, _ = qkv.shape
+    q, k, v = qkv.reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
     return attn.q_norm(q), attn.k_norm(k), v
 
 
-def attention_from_input(attn: nn.Module, x: torch.Tensor, queries: slice = slice(None)) -> torch.Tensor:
-    """softmax(q kᵀ · scale) of one timm Attention for its input tokens x (B, N, C):
+def attention_from_qkv(attn: nn.Module, qkv: torch.Tensor, queries: slice = slice(None)) -> torch.Tensor:
+    """softmax(q kᵀ · scale) of one timm Attention from its qkv projection (B, N, 3·C):
     (B, H, Q, N) for the query rows `queries` (all rows by default)."""
-    q, k, _ = _split_qkv(attn, x)
+    q, k, _ = _split_qkv(attn, qkv)
     scores = (q[:, :, queries] * attn.scale) @ k.transpose(-2, -1)  # (B, H, Q, N)
     return scores.float().softmax(dim=-1)
+
+
+def attention_from_input(attn: nn.Module, x: torch.Tensor, queries: slice = slice(None)) -> torch.Tensor:
+    """The same for the block's input tokens x (B, N, C)."""
+    return attention_from_qkv(attn, attn.qkv(x), queries)
 
 
 @contextlib.contextmanager
@@ -66,15 +70,15 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 def _run_with_attention_hooks(model: nn.Module, images: torch.Tensor,
                               fn: Callable[[int, nn.Module, torch.Tensor], None]) -> None:
-    """Forward `images` (no grad, eval mode) calling fn(layer, attn, tokens) before each
-    block's attention. Hooks are always removed, also when the forward raises."""
+    """Forward `images` (no grad, eval mode) calling fn(layer, attn, qkv) with each block's qkv
+    projection (B, N, 3·C). Hooks are always removed, also when the forward raises."""
     _check_vit(model)
     handles = []
     try:
         for i, blk in enumerate(model.blocks):
-            def hook(module, args, i=i):
-                fn(i, module, args[0])
-            handles.append(blk.attn.register_forward_pre_hook(hook))
+            def hook(module, args, output, i=i, attn=blk.attn):
+                fn(i, attn, output)
+            handles.append(blk.attn.qkv.register_forward_hook(hook))
         device = next(model.parameters()).device
         with torch.no_grad(), _eval_mode(model):
             model(images.to(device))
@@ -87,7 +91,7 @@ def attention_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """(B, L, H, N, N) attention of every layer and head (N tokens, CLS first); rows sum to one.
     Memory grows with N²: for large grids use `cls_attention` or `attention_rollout`."""
     out: list[torch.Tensor] = []
-    _run_with_attention_hooks(model, images, lambda i, attn, x: out.append(attention_from_input(attn, x).cpu()))
+    _run_with_attention_hooks(model, images, lambda i, attn, qkv: out.append(attention_from_qkv(attn, qkv).cpu()))
     return torch.stack(out, dim=1)
 
 
@@ -108,7 +112,7 @@ def cls_attention(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     rows: list[torch.Tensor] = []
     cls = slice(0, 1)  # timm puts the CLS token first
     _run_with_attention_hooks(model, images,
-                              lambda i, attn, x: rows.append(attention_from_input(attn, x, cls)[:, :, 0].cpu()))
+                              lambda i, attn, qkv: rows.append(attention_from_qkv(attn, qkv, cls)[:, :, 0].cpu()))
     return _patch_grid(model, torch.stack(rows, dim=1))
 
 
@@ -146,8 +150,8 @@ def attention_rollout(model: nn.Module, images: torch.Tensor, discard_ratio: flo
         raise ConfigError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
     layers: list[torch.Tensor] = []
 
-    def keep(i: int, attn: nn.Module, x: torch.Tensor) -> None:
-        a = _discard_lowest(_fuse_heads(attention_from_input(attn, x), head_fusion), discard_ratio)
+    def keep(i: int, attn: nn.Module, qkv: torch.Tensor) -> None:
+        a = _discard_lowest(_fuse_heads(attention_from_qkv(attn, qkv), head_fusion), discard_ratio)
         eye = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
         a = 0.5 * a + 0.5 * eye
         layers.append(a / a.sum(dim=-1, keepdim=True))  # (B, N, N), rows sum to one
@@ -164,7 +168,7 @@ def block_output_from_attention(attn: nn.Module, x: torch.Tensor, weights: torch
     """What timm's Attention returns for tokens x given attention `weights` (B, H, N, N):
     (weights @ v) through norm, gate and proj. Used by the tests to check the recomputation."""
     b, n, _ = x.shape
-    _, _, v = _split_qkv(attn, x)
+    _, _, v = _split_qkv(attn, attn.qkv(x))
     out = (weights.to(v.dtype) @ v).transpose(1, 2).reshape(b, n, -1)
     out = attn.norm(out)
     if getattr(attn, "gate", None) is not None:

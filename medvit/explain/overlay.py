@@ -1,13 +1,15 @@
 """Overlay PNGs: the mammogram in grey with a map blended on it, one colormap and one fixed
 [0, 1] scale for every method, so a ViT's rollout and a CNN's Grad-CAM read the same way.
 
-Figures are built with matplotlib's object API (Figure + Agg canvas), never pyplot's global
-state, and written to a temp file then renamed.
+Single overlays are drawn with numpy + OpenCV (fast enough for one per predicted file); panels
+use matplotlib's object API (Figure + Agg canvas), never pyplot's global state. Files are written
+to a temp name, then renamed.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
@@ -56,16 +58,55 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return Path(path)
 
 
+def _colormap_lut() -> np.ndarray:
+    """COLORMAP as a (256, 3) uint8 table (matplotlib's colours, no figure needed)."""
+    from matplotlib import colormaps
+
+    return (colormaps[COLORMAP](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
+
+
+def render_overlay(image: np.ndarray, heatmap: np.ndarray, *, title: str = "", alpha: float = 0.45,
+                   side: int = 512) -> np.ndarray:
+    """RGB uint8 picture: the image in grey (shown at least `side` px tall) with the map stretched
+    over it and blended (alpha), a title band on top and a 0..1 colour bar on the right.
+
+    Drawn with numpy + OpenCV rather than a matplotlib Figure (43 ms against 300 ms at 512 px
+    here), which matters when `predict --overlays` draws one per file. The colours are matplotlib's COLORMAP, as in panels."""
+    gray, heat = to_unit_image(image), _check_map(heatmap)
+    scale = max(1.0, side / gray.shape[0])
+    h, w = round(gray.shape[0] * scale), round(gray.shape[1] * scale)
+    gray = cv2.resize(gray, (w, h), interpolation=cv2.INTER_AREA if scale == 1 else cv2.INTER_LINEAR)
+    heat = np.clip(cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+    lut = _colormap_lut()
+    grey3 = np.repeat(gray[..., None] * 255.0, 3, axis=2)
+    body = ((1 - alpha) * grey3 + alpha * lut[(heat * 255).round().astype(np.uint8)]).round().astype(np.uint8)
+    top, bar_w, right = 28, 16, 64
+    canvas = np.full((h + top, w + right, 3), 255, np.uint8)
+    canvas[top:, :w] = body
+    y0, y1 = top + h // 12, top + h - h // 12  # the bar spans the middle 5/6 of the image
+    ramp = np.linspace(1.0, 0.0, y1 - y0)
+    canvas[y0:y1, w + 10:w + 10 + bar_w] = lut[(ramp * 255).round().astype(np.uint8)][:, None, :]
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for value in (0.0, 0.5, 1.0):
+        y = round(y1 - value * (y1 - y0 - 1))
+        cv2.putText(canvas, f"{value:g}", (w + 12 + bar_w, y + 4), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(canvas, "importance", (w + 2, y0 - 14), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    if title:
+        cv2.putText(canvas, title, (6, top - 9), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return canvas
+
+
 def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: str | Path, *, title: str = "",
                  alpha: float = 0.45) -> Path:
     """PNG of `image` (S, S) uint16 or float [0, 1] with `heatmap` (h, w) in [0, 1] on top,
-    with a colour bar. Titles should carry ids only (no PHI)."""
-    gray, heat = to_unit_image(image), _check_map(heatmap)
-    fig = Figure(figsize=(5.6, 5.0), layout="constrained")
-    ax = fig.add_subplot()
-    _draw(ax, gray, heat, title, alpha)
-    fig.colorbar(ScalarMappable(norm=SCALE, cmap=COLORMAP), ax=ax, shrink=0.85, label="importance")
-    return _save(fig, path)
+    with a colour bar (`render_overlay`). Titles should carry ids only (no PHI)."""
+    rgb = render_overlay(image, heatmap, title=title, alpha=alpha)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"{path}: PNG encoding failed")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(png.tobytes())
+    return Path(path)
 
 
 def save_panel(image: np.ndarray, heatmaps: dict[str, np.ndarray], path: str | Path, *,

@@ -43,6 +43,7 @@ def _entry(timm_name: str, doc: str) -> None:
     register_backbone(entry, kind="cnn")
 
 
+_entry("resnet10t", "ResNet-10-T (timm: tiered 3-conv stem), 5 M parameters; quick on a CPU.")
 _entry("resnet18", "ResNet-18 (He et al. 2015), 11 M parameters.")
 _entry("resnet34", "ResNet-34, 21 M parameters.")
 _entry("resnet50", "ResNet-50, bottleneck blocks, 24 M parameters.")

@@ -33,7 +33,7 @@ def build_vit(*, num_classes: int, in_chans: int, img_size: int, patch_size: int
         raise ConfigError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
     if embed_dim % num_heads:
         raise ConfigError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-    timm = import_timm()
+    import_timm()  # the guard must run before any `from timm ...` import
     args = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                 num_classes=num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                 mlp_ratio=mlp_dim / embed_dim, class_token=True, global_pool="token",
