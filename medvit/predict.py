@@ -16,11 +16,13 @@ No PHI: rows carry the relative path, image_id, patient_id, laterality and view 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -268,6 +270,21 @@ def _stream(p: Predictor, loader, writer, f, rels: list[str], ids: dict[str, str
 # ----------------------------------------------------------------------------- entry point
 
 
+@contextlib.contextmanager
+def model_threads(device, workers: int) -> Iterator[None]:
+    """On a CPU, leave one core per decode worker: the model's threads and the workers would
+    otherwise fight over the same cores and neither keeps pace. Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    if device.type == "cpu" and workers:
+        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - workers)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def predict_folder(folder: str | Path, checkpoint: str | Path, out: str | Path = "predictions.csv", *,
                    overlays: str | Path | None = None, workers: int = 0, batch_size: int | None = None,
                    threshold: float | None = None, ingest_size: int | None = None, which: str = "best",
@@ -304,7 +321,8 @@ def predict_folder(folder: str | Path, checkpoint: str | Path, out: str | Path =
     bar = tqdm(total=len(rels), unit="img", desc="predict", file=sys.stderr,
                disable=not (sys.stderr.isatty() if progress is None else progress))
     try:
-        with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        with model_threads(p.device, workers), atomic_path(out) as tmp, \
+                open(tmp, "w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             got, n_overlays = _stream(p, loader, writer, f, rels, ids, t, overlays, method, bar)

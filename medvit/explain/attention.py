@@ -116,11 +116,21 @@ def cls_attention(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return _patch_grid(model, torch.stack(rows, dim=1))
 
 
-def _fuse_heads(attn: torch.Tensor, head_fusion: str) -> torch.Tensor:
-    """(B, H, N, N) -> (B, N, N)."""
-    if head_fusion == "mean":
-        return attn.mean(1)
-    return attn.amax(1) if head_fusion == "max" else attn.amin(1)
+def _fused_attention(attn: nn.Module, qkv: torch.Tensor, head_fusion: str) -> torch.Tensor:
+    """(B, N, N): the heads' softmax(q kᵀ · scale) fused by mean / max / min, one head at a time
+    (a (B, N, N) block stays in cache; reducing a (B, H, N, N) tensor over H was 3x slower here)."""
+    q, k, _ = _split_qkv(attn, qkv)
+    heads = q.shape[1]
+    out = None
+    for h in range(heads):
+        a = ((q[:, h] * attn.scale) @ k[:, h].transpose(-2, -1)).float().softmax(dim=-1)
+        if out is None:
+            out = a
+        elif head_fusion == "mean":
+            out.add_(a)
+        else:
+            (torch.maximum if head_fusion == "max" else torch.minimum)(out, a, out=out)
+    return out.div_(heads) if head_fusion == "mean" else out
 
 
 def _discard_lowest(a: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -151,10 +161,11 @@ def attention_rollout(model: nn.Module, images: torch.Tensor, discard_ratio: flo
     layers: list[torch.Tensor] = []
 
     def keep(i: int, attn: nn.Module, qkv: torch.Tensor) -> None:
-        a = _discard_lowest(_fuse_heads(attention_from_qkv(attn, qkv), head_fusion), discard_ratio)
-        eye = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
-        a = 0.5 * a + 0.5 * eye
-        layers.append(a / a.sum(dim=-1, keepdim=True))  # (B, N, N), rows sum to one
+        a = _discard_lowest(_fused_attention(attn, qkv, head_fusion), discard_ratio)
+        a.mul_(0.5).diagonal(dim1=-2, dim2=-1).add_(0.5)  # 0.5·A + 0.5·I, in place
+        if discard_ratio > 0 or head_fusion != "mean":  # rows of a head-mean already sum to one
+            a = a / a.sum(dim=-1, keepdim=True)
+        layers.append(a)  # (B, N, N), rows sum to one
 
     _run_with_attention_hooks(model, images, keep)
     row = torch.zeros_like(layers[-1][:, 0])  # (B, N)
