@@ -14,7 +14,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-from medvit.errors import DicomError, MedvitError
+from medvit.errors import DicomError, MedvitError, shorten
 from medvit.io import save_npy
 from medvit.manifest import INFO_COLUMNS
 
@@ -43,11 +43,6 @@ def _default_preprocess(path: str, size: int) -> Any:
     return preprocess(path, size=size)
 
 
-def _short(text: str, limit: int = 160) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def process_one(task: dict, preprocess: Callable | None = None) -> dict:
     """Preprocess one file, write its .npy, return its journal record. Never raises on bad input.
 
@@ -66,7 +61,7 @@ def process_one(task: dict, preprocess: Callable | None = None) -> dict:
             raise ValueError("preprocess returned a wrong shape or dtype")
         save_npy(Path(task["cache_abs"]), image)
     except DicomError as err:
-        return failed_record(task, err.reason, _short(err.detail))
+        return failed_record(task, err.reason, shorten(err.detail, 160))
     except Exception as err:  # a bug or a decoder failure must not stop the batch
         return failed_record(task, "internal", type(err).__name__)
     info = {k: v for k, v in (out.info or {}).items() if k in _INFO_KEYS}
@@ -127,18 +122,6 @@ def run_serial(tasks: list[dict], on_done: Callable[[dict], None], preprocess: C
         cv2.setNumThreads(threads)
 
 
-def _mp_context():
-    """forkserver on POSIX (safe next to threads in the parent, cheap per worker), else spawn."""
-    import multiprocessing as mp
-
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        # Preloaded once in the server, so forked workers start with the decoders imported.
-        ctx.set_forkserver_preload(["medvit.ingest_workers", "medvit.dicom.normalize"])
-        return ctx
-    return mp.get_context("spawn")
-
-
 def run_pool(tasks: list[dict], workers: int, on_done: Callable[[dict], None],
               preprocess: Callable | None) -> None:
     """Bounded in-flight pool. If a worker dies (a decoder segfault), the pool is rebuilt and the
@@ -147,9 +130,11 @@ def run_pool(tasks: list[dict], workers: int, on_done: Callable[[dict], None],
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
+    from medvit.workers import worker_context
+
     pending, retry = deque(tasks), deque()
     limit = workers * 4
-    ctx = _mp_context()
+    ctx = worker_context(["medvit.ingest_workers", "medvit.dicom.normalize"])
     finished = crashed = 0
     while pending or retry:
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:

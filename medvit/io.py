@@ -40,3 +40,15 @@ def save_npy(path: str | Path, array: Any) -> Path:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array, allow_pickle=False)
     return Path(path)
+
+
+def write_png(path: str | Path, array: Any) -> Path:
+    """A uint8/uint16 grey or BGR array as PNG (OpenCV), written atomically."""
+    import cv2
+
+    ok, png = cv2.imencode(".png", array)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(png.tobytes())
+    return Path(path)

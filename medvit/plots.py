@@ -27,12 +27,16 @@ def _figure(ncols: int = 1, size: tuple[float, float] = (5.5, 5.0)):
     return fig, axes
 
 
-def _save(fig, path: str | Path) -> Path:
-    """savefig to a temp name in the same folder, then rename: never a half-written PNG."""
+def save_figure(fig, path: str | Path) -> Path:
+    """savefig (PNG, DPI) to a temp name in the same folder, then rename: never a half-written PNG."""
     with atomic_path(path) as tmp:
-        fig.tight_layout()
         fig.savefig(tmp, format="png", dpi=DPI)
     return Path(path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def _both_classes(y_true, prob, what: str) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from medvit.errors import ConfigError, DicomError, MedvitError
+from medvit.errors import ConfigError, DicomError, MedvitError, shorten
 from medvit.io import atomic_path, write_text
 
 DEFAULT_INGEST_SIZE = 512  # `medvit ingest --size` default
@@ -94,13 +94,9 @@ def model_input(image: np.ndarray, image_size: int, in_chans: int = 1):
     """(S, S) image from `preprocess` (uint16) or the cache loader (float in [0, 1]) -> (C, s, s)
     float tensor, as MammoDataset builds it at validation: resize_square -> to_tensor (grey
     repeated for C > 1)."""
-    from medvit.data.datasets import resize_square, to_tensor
+    from medvit.data.datasets import resize_square, to_tensor, unit_float
 
-    if np.issubdtype(image.dtype, np.integer):
-        unit = image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
-    else:
-        unit = image.astype(np.float32, copy=False)
-    x = to_tensor(resize_square(unit, image_size))
+    x = to_tensor(resize_square(unit_float(image), image_size))
     return x.expand(in_chans, -1, -1).contiguous() if in_chans > 1 else x
 
 
@@ -155,15 +151,10 @@ class DicomFiles:
             if self.keep_display:
                 item["display"] = out.image
         except DicomError as err:
-            item["error"] = _short(f"{err.reason}: {err.detail}" if err.detail else err.reason)
+            item["error"] = shorten(f"{err.reason}: {err.detail}" if err.detail else err.reason)
         except Exception as err:  # a bug or a decoder crash must not stop the batch; messages can
             item["error"] = f"internal: {type(err).__name__}"  # quote header values, so type only
         return item
-
-
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def collate(items: list[dict]) -> tuple[Any, list[dict]]:
@@ -278,7 +269,8 @@ def model_threads(device, workers: int) -> Iterator[None]:
 
     before = torch.get_num_threads()
     if device.type == "cpu" and workers:
-        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - workers)))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, min(before, cores - workers)))
     try:
         yield
     finally:

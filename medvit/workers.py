@@ -11,7 +11,11 @@ import multiprocessing
 PRELOAD = ["numpy", "cv2", "torch", "medvit.dicom.normalize", "medvit.data.datasets"]
 
 
-def worker_context():
+def worker_context(preload: list[str] | None = None):
+    """forkserver where the platform has it (preloading `preload`, default PRELOAD, once in the
+    server), else spawn. Used by DataLoaders (train, predict) and ingest's process pool."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
+    ctx.set_forkserver_preload(PRELOAD if preload is None else preload)
     return ctx

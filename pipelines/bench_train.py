@@ -61,11 +61,12 @@ def bare_rate(trainer, batches, steps: int, warmup: int) -> float:
 
     from medvit.models import create_backbone
 
-    torch.manual_seed(0)
-    model = create_backbone(trainer.spec["name"], **trainer.spec["kwargs"]).to(trainer.device).train()
+    with torch.random.fork_rng(devices=[]):  # leave the trainer's global RNG as it was
+        torch.manual_seed(0)
+        model = create_backbone(trainer.spec["name"], **trainer.spec["kwargs"]).to(trainer.device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
     dev, amp = trainer.device, trainer.amp
-    n = 0
+    n, t = 0, time.perf_counter()
     for i, (images, labels) in enumerate(batches):
         if i == warmup:
             _sync(dev)

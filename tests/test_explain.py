@@ -116,16 +116,33 @@ def test_rollout_at_512():
     assert maps.min() == 0.0 and maps.max() == 1.0
 
 
-def test_rollout_matches_the_matrix_product():
-    model = vit()
-    x = images()
-    eye = torch.eye(65)
+def _reference_rollout(layers: torch.Tensor, fusion: str, discard: float) -> torch.Tensor:
+    """Dense rollout from (B, L, H, N, N) maps: fuse heads, drop the smallest weights (not the
+    CLS column), 0.5·A + 0.5·I, renormalise rows, multiply the layers."""
+    n = layers.shape[-1]
     ref = None
-    for layer in attention_maps(model, x).unbind(1):  # first layer first
-        a = 0.5 * layer.mean(1) + 0.5 * eye
+    for layer in layers.unbind(1):  # first layer first
+        a = {"mean": layer.mean(1), "max": layer.amax(1), "min": layer.amin(1)}[fusion]
+        if discard:
+            for b in range(a.shape[0]):
+                flat = a[b].flatten().clone()
+                low = flat.topk(int(n * n * discard), largest=False).indices
+                keep_cls = low % n == 0
+                flat[low[~keep_cls]] = 0
+                a[b] = flat.reshape(n, n)
+        a = 0.5 * a + 0.5 * torch.eye(n)
         a = a / a.sum(-1, keepdim=True)
         ref = a if ref is None else a @ ref  # A_l' · (A_{l-1}' · … · A_1')
-    torch.testing.assert_close(attention_rollout(model, x), ref[:, 0, 1:].reshape(2, 8, 8))
+    return ref[:, 0, 1:]
+
+
+@pytest.mark.parametrize("fusion,discard", [("mean", 0.0), ("max", 0.0), ("min", 0.0), ("mean", 0.3), ("max", 0.5)])
+def test_rollout_matches_the_matrix_product(fusion, discard):
+    model = vit()
+    x = images()
+    ref = _reference_rollout(attention_maps(model, x), fusion, discard)
+    got = attention_rollout(model, x, discard_ratio=discard, head_fusion=fusion)
+    torch.testing.assert_close(got, ref.reshape(2, 8, 8))
 
 
 def test_uniform_attention_gives_the_known_rollout():
@@ -252,12 +269,16 @@ def test_pointing_game_known_case():
     mask = np.zeros((64, 64), np.uint8)
     mask[8:20, 8:20] = 255  # map cells 2..4
     empty = np.zeros((64, 64), np.uint8)
-    result = pointing_game([hit, miss, hit], [mask, mask, empty])
+    result = pointing_game([hit, miss, hit], [mask, mask, empty], tolerance=0.0)
     assert result == {"hits": 1, "n": 2, "score": 0.5, "hits_strict": 1, "score_strict": 0.5,
                       "tolerance": 0.0, "skipped": 1}
+    assert pointing_game([hit], [mask])["tolerance"] == pytest.approx(15 / 224)  # Zhang et al.'s default
+    with pytest.raises(ValueError, match="tolerance"):
+        pointing_game([hit], [mask], tolerance=-0.1)
     near = np.zeros((16, 16), np.float32)
-    near[3, 7] = 1.0  # two cells right of the mask's last column (4)
+    near[3, 7] = 1.0  # three cells right of the mask's last column (4)
     assert pointing_game([near], [mask], tolerance=1 / 16)["hits"] == 0  # 1 cell: too far
+    assert pointing_game([near], [mask], tolerance=2.9 / 16)["hits"] == 0
     loose = pointing_game([near, miss], [mask, mask], tolerance=3 / 16)  # 3 cells
     assert (loose["hits"], loose["hits_strict"], loose["score"]) == (1, 0, 0.5)
     with pytest.raises(ValueError):
@@ -423,6 +444,12 @@ def test_cli_explain_cnn_and_errors(runs, tmp_path, capsys):
     assert "is a ViT" in capsys.readouterr().err
     assert main(["explain", str(runs["vit_test"])]) == 2
     assert "--pointing" in capsys.readouterr().err
+    assert main(["explain", str(runs["vit_test"]), "0LCC", "--class-mean"]) == 2  # one mode at a time
+    assert "got IMAGES and --class-mean" in capsys.readouterr().err
+    assert main(["explain", str(runs["vit_test"]), "0LCC", "--tolerance", "0.1"]) == 2
+    assert "--tolerance only applies to --pointing" in capsys.readouterr().err
+    assert main(["explain", str(runs["vit_test"]), "--pointing", str(tmp_path), "--tolerance", "1.5"]) == 2
+    assert "[0, 1)" in capsys.readouterr().err
 
 
 def test_cli_dicom_input_and_pointing_game(runs, synth_data, tmp_path, capsys):

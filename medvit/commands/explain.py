@@ -166,10 +166,6 @@ def pointing(args: argparse.Namespace, primary: LoadedRun, out: Path, device) ->
     from medvit.explain import explain, lesion_mask_in_model_space, pointing_game, resolve_method
     from medvit.ingest import image_stem
 
-    from medvit.explain.pointing import TOLERANCE
-
-    if args.tolerance is None:
-        args.tolerance = TOLERANCE
     method = resolve_method(primary.model, args.method)
     data_dir = args.data or primary.data_dir
     masks_dir = Path(args.pointing) / "lesion_masks"
@@ -195,7 +191,7 @@ def pointing(args: argparse.Namespace, primary: LoadedRun, out: Path, device) ->
         for i in idx:
             size = dataset.load(i).shape[0]  # the ingest side: the mask follows the cached image's layout
             masks.append(lesion_mask_in_model_space(pngs[i], frame.iloc[i].to_dict(), size))
-    result = pointing_game(heatmaps, masks, tolerance=args.tolerance)
+    result = pointing_game(heatmaps, masks, tolerance=args.tolerance)  # checked in run()
     result.update(method=method, backbone=primary.name, checkpoint=args.checkpoint, fold=args.fold,
                   image_ids=frame["image_id"].astype(str).tolist())
     def share(hits: int) -> str:
@@ -255,8 +251,19 @@ def run(args: argparse.Namespace) -> int:
     from medvit.errors import ConfigError
     from medvit.train.setup import pick_device
 
-    if not args.images and not args.pointing and not args.class_mean:
-        raise ConfigError("give IMAGES (DICOM files or image_ids), --pointing SYNTH_DIR or --class-mean")
+    modes = [m for m, on in (("IMAGES", bool(args.images)), ("--pointing", bool(args.pointing)),
+                             ("--class-mean", args.class_mean)) if on]
+    if len(modes) != 1:
+        raise ConfigError("give one of IMAGES (DICOM files or image_ids), --pointing SYNTH_DIR or --class-mean"
+                          + (f"; got {' and '.join(modes)}" if modes else ""))
+    if args.tolerance is None:
+        from medvit.explain.pointing import TOLERANCE
+
+        args.tolerance = TOLERANCE
+    elif not args.pointing:
+        raise ConfigError("--tolerance only applies to --pointing")
+    elif not 0.0 <= args.tolerance < 1.0:
+        raise ConfigError(f"--tolerance {args.tolerance}: a share of the map side in [0, 1), e.g. 0.067")
     device = pick_device(args.device)
     primary = load_run(args.run_dir, args.checkpoint, device)
     base = Path(args.run_dir) if Path(args.run_dir).is_dir() else Path(args.run_dir).parent

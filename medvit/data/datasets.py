@@ -21,6 +21,14 @@ MANIFEST = "manifest.csv"
 REQUIRED_COLUMNS = ("image_id", "patient_id", "label", "fold", "status", "cache")
 
 
+def unit_float(image: np.ndarray) -> np.ndarray:
+    """An image as float32 in [0, 1]: integers over their dtype's maximum, floats clipped.
+    The one conversion used by training, predict and the overlays."""
+    if np.issubdtype(image.dtype, np.integer):
+        return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+    return np.clip(image.astype(np.float32), 0.0, 1.0)
+
+
 def read_manifest(data_dir: str | Path) -> pd.DataFrame:
     """The ingest manifest, ids kept as strings, label as float (NaN = unlabelled), fold as int."""
     path = Path(data_dir) / MANIFEST
@@ -93,9 +101,7 @@ class MammoDataset(Dataset):
             raise MedvitError(f"{path}: cannot read the cached image ({e}); re-run `medvit ingest`") from e
         if raw.ndim != 2:
             raise MedvitError(f"{path}: expected a 2-D image, got shape {raw.shape}")
-        if np.issubdtype(raw.dtype, np.integer):
-            return raw.astype(np.float32) / np.float32(np.iinfo(raw.dtype).max)
-        return np.clip(raw.astype(np.float32), 0.0, 1.0)
+        return unit_float(raw)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = resize_square(self.load(index), self.image_size)  # resize first: augmenting fewer pixels

@@ -30,7 +30,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV
 from medvit.dicom.phantom import KINDS, Lesion, SynthImage, make_image, synthesize  # noqa: F401 (re-exported)
 from medvit.dicom.write import SYNTAXES, write_dicom  # noqa: F401 (re-exported)
 from medvit.errors import ConfigError, suggest
-from medvit.io import atomic_path
+from medvit.io import atomic_path, write_png
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -188,14 +188,6 @@ def build_dataset(stored: np.ndarray, machine: Machine, info: dict[str, Any]) ->
     return ds
 
 
-def _write_png(path: Path, mask: np.ndarray) -> None:
-    ok, png = cv2.imencode(".png", mask)
-    if not ok:
-        raise OSError(f"{path}: could not encode the lesion mask")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(png.tobytes())
-
-
 # ---------------------------------------------------------------------------------------------
 # The data set
 
@@ -336,7 +328,7 @@ def make_file(row: dict[str, Any], out: str) -> dict[str, Any] | None:
         return None
     masks = Path(out) / "lesion_masks"
     masks.mkdir(parents=True, exist_ok=True)
-    _write_png(masks / f"{row['image_id']}.png", synth.mask)
+    write_png(masks / f"{row['image_id']}.png", synth.mask)
     les = synth.lesion
     return {"image_id": row["image_id"], "patient_id": row["patient_id"], "laterality": row["laterality"],
             "view": row["view"], "kind": les.kind, "center_row": les.center_row,

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from medvit.io import atomic_path
+from medvit.io import write_png
+from medvit.plots import save_figure
 
 COLORMAP = "inferno"  # perceptually uniform; the same for attention, rollout and Grad-CAM
 SCALE = Normalize(vmin=0.0, vmax=1.0)  # maps from `explain` are in [0, 1]
@@ -24,14 +24,14 @@ SCALE = Normalize(vmin=0.0, vmax=1.0)  # maps from `explain` are in [0, 1]
 
 def to_unit_image(image: np.ndarray) -> np.ndarray:
     """A 2-D image as float in [0, 1]: integers over their dtype's maximum, floats clipped."""
+    from medvit.data.datasets import unit_float
+
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[0] == 1:
         image = image[0]
     if image.ndim != 2:
         raise ValueError(f"overlay: expected a 2-D image, got shape {image.shape}")
-    if np.issubdtype(image.dtype, np.integer):
-        return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
-    return np.clip(image.astype(np.float32), 0.0, 1.0)
+    return unit_float(image)
 
 
 def _check_map(heatmap: np.ndarray) -> np.ndarray:
@@ -49,13 +49,6 @@ def _draw(ax, image: np.ndarray, heatmap: np.ndarray | None, title: str, alpha: 
                   extent=(-0.5, w - 0.5, h - 0.5, -0.5))
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
-
-
-def _save(fig: Figure, path: str | Path) -> Path:
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return Path(path)
 
 
 def _colormap_lut() -> np.ndarray:
@@ -101,12 +94,7 @@ def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: str | Path, *, ti
     """PNG of `image` (S, S) uint16 or float [0, 1] with `heatmap` (h, w) in [0, 1] on top,
     with a colour bar (`render_overlay`). Titles should carry ids only (no PHI)."""
     rgb = render_overlay(image, heatmap, title=title, alpha=alpha)
-    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError(f"{path}: PNG encoding failed")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(png.tobytes())
-    return Path(path)
+    return write_png(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
 def save_panel(image: np.ndarray, heatmaps: dict[str, np.ndarray], path: str | Path, *,
@@ -125,4 +113,4 @@ def save_panel(image: np.ndarray, heatmaps: dict[str, np.ndarray], path: str | P
     fig.colorbar(ScalarMappable(norm=SCALE, cmap=COLORMAP), ax=list(axes), shrink=0.85, label="importance")
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

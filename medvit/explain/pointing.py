@@ -24,7 +24,7 @@ TOLERANCE = 15 / 224
 
 
 def pointing_game(heatmaps: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                  tolerance: float = 0.0) -> dict[str, Any]:
+                  tolerance: float = TOLERANCE) -> dict[str, Any]:
     """Share of images whose map maximum lies inside the mask (each mask resized to its map,
     nearest) or within `tolerance` x the map's side of it; `hits_strict` counts tolerance 0.
     Masks left empty at the map's size are skipped and counted in `skipped`.
@@ -32,6 +32,8 @@ def pointing_game(heatmaps: Sequence[np.ndarray], masks: Sequence[np.ndarray],
     scores are None when n is 0."""
     if len(heatmaps) != len(masks):
         raise ValueError(f"pointing_game: {len(heatmaps)} maps but {len(masks)} masks")
+    if not 0.0 <= tolerance < 1.0:
+        raise ValueError(f"pointing_game: tolerance is a share of the map side in [0, 1), got {tolerance}")
     hits = strict = n = skipped = 0
     for heat, mask in zip(heatmaps, masks):
         heat = np.asarray(heat, dtype=np.float32)
