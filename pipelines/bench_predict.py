@@ -5,7 +5,7 @@
      model-only:  the same model on ready tensors of the same batch size.
   2. attention extraction (explain rollout / last-layer attention)  vs  a plain forward   (goal <= 1.5x)
 
-    python pipelines/bench_predict.py [--patients 30] [--backbone vit] [--patch 16] [--image-size 224]
+    python pipelines/bench_predict.py [--patients 60] [--backbone vit] [--patch 16] [--image-size 224]
                                       [--batch-size 16] [--workers 4] [--device auto]
 
 Data: synthetic RSNA-layout DICOMs (`medvit.dicom.synth`, size "small"), preprocessed at 512 as
@@ -73,7 +73,7 @@ def timed(fn, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--patients", type=int, default=30, help="synth patients (4 images each)")
+    ap.add_argument("--patients", type=int, default=60, help="synth patients (4 images each)")
     ap.add_argument("--backbone", default="vit")
     ap.add_argument("--patch", type=int, default=16)
     ap.add_argument("--image-size", type=int, default=224)

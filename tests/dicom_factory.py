@@ -22,6 +22,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from medvit.dicom.write import gdcm_jpeg_lossless
+
 SYNTAXES = {
     "explicit": ExplicitVRLittleEndian,
     "implicit": ImplicitVRLittleEndian,
@@ -127,29 +129,8 @@ def _save(ds: Dataset, path: Path, syntax: str) -> Path:
         ds.compress(uid)
     ds.save_as(path, enforce_file_format=True)
     if syntax == "sv1":
-        _gdcm_transcode(path, "sv1")
+        gdcm_jpeg_lossless(str(path), str(path))  # medvit's own SV1 encoder, in place
     return path
-
-
-def _gdcm_transcode(path: Path, syntax: str) -> None:
-    """Re-encode an uncompressed file in place with GDCM (JPEG Lossless SV1)."""
-    import gdcm
-
-    reader = gdcm.ImageReader()
-    reader.SetFileName(str(path))
-    if not reader.Read():
-        raise RuntimeError(f"gdcm could not read {path}")
-    change = gdcm.ImageChangeTransferSyntax()
-    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
-    change.SetInput(reader.GetImage())
-    if not change.Change():
-        raise RuntimeError(f"gdcm could not transcode {path} to {syntax}")
-    writer = gdcm.ImageWriter()
-    writer.SetFileName(str(path))
-    writer.SetFile(reader.GetFile())
-    writer.SetImage(change.GetOutput())
-    if not writer.Write():
-        raise RuntimeError(f"gdcm could not write {path}")
 
 
 def truncated_copy(src: str | Path, dst: str | Path, keep: float = 0.6) -> Path:

@@ -16,9 +16,9 @@ from medvit.io import atomic_path
 SYNTAXES: tuple[str, ...] = (str(JPEG2000Lossless), str(JPEGLosslessSV1), str(ExplicitVRLittleEndian))
 
 
-def _gdcm_jpeg_lossless(src: str, dst: str) -> None:
+def gdcm_jpeg_lossless(src: str, dst: str) -> None:
     """Re-encode an uncompressed file as JPEG Lossless SV1 (process 14, first-order prediction).
-    pydicom has no encoder for this syntax, so GDCM does it, file to file."""
+    pydicom has no encoder for this syntax, so GDCM does it, file to file (`dst` may be `src`)."""
     import gdcm
 
     reader = gdcm.ImageReader()
@@ -55,7 +55,7 @@ def write_dicom(path: str | Path, ds: Dataset, stored: np.ndarray, syntax: str) 
             raw = tmp.with_name(tmp.name + ".raw")  # the uncompressed file GDCM reads
             try:
                 ds.save_as(raw, enforce_file_format=True)
-                _gdcm_jpeg_lossless(str(raw), str(tmp))
+                gdcm_jpeg_lossless(str(raw), str(tmp))
             finally:
                 raw.unlink(missing_ok=True)
         else:
