@@ -25,7 +25,7 @@ class DataConfig:
     kind: str = "mammo"  # mammo | cifar10 | mnist
     dir: str = "medvit-data"  # ingest output (mammo) or the folder holding the benchmark files
     fold: int = 0  # validate on this fold, train on the rest (mammo)
-    image_size: int = 512
+    image_size: Optional[int] = None  # None = the data's own: the ingest size (mammo), 32 (CIFAR-10), 28 (MNIST)
     batch_size: int = 8
     workers: int = 2  # DataLoader worker processes
     balanced: bool = True  # class-balanced batches (binary labels)
@@ -38,7 +38,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "vit"
-    patch_size: int = 16  # ViTs only
+    patch_size: Optional[int] = None  # ViTs only; None = the backbone's own (vit: 16, seed ViTs: 4)
     pretrained: bool = False
     weights: str = ""  # a state dict on disk (3->1 channel stem adapted)
     drop_rate: Optional[float] = None  # None = the backbone's own default (vit_cifar: 0.2)

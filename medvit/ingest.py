@@ -51,6 +51,13 @@ from medvit.manifest import (  # noqa: F401 (re-exported: medvit.ingest.* is the
 DEFAULT_DATA_DIR = "medvit-data"
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (a container's or taskset's share, not the host's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def settings_key(size: int) -> str:
     """What a cached .npy depends on besides the source file: the size and the preprocessing
     version (`medvit.dicom.normalize.VERSION`, imported here to keep `import medvit.ingest` light)."""
@@ -64,7 +71,8 @@ def settings_key(size: int) -> str:
 def _rsna_images_folder(src: Path, labels_path: Path | None) -> str | None:
     """RSNA layout (SRC/train.csv is the labels CSV and SRC/train_images/ exists): only
     train_images/ holds inputs, so test.csv, lesion masks and the like are not error rows."""
-    if labels_path is not None and labels_path == src / "train.csv" and (src / "train_images").is_dir():
+    if (labels_path is not None and labels_path.resolve() == (src / "train.csv").resolve()
+            and (src / "train_images").is_dir()):
         return "train_images"
     return None
 
@@ -81,7 +89,14 @@ def find_inputs(src: Path, skip: Iterable[Path] = (), only: str | None = None) -
     stack = [(str(src / only), f"{only}/")] if only else [(str(src), "")]
     while stack:
         folder, rel = stack.pop()
-        with os.scandir(folder) as entries:
+        try:
+            entries = os.scandir(folder)
+        except OSError as err:  # one unreadable subfolder must not stop the run: say so, go on
+            if not rel:
+                raise MedvitError(f"{folder}: cannot read the folder ({type(err).__name__})") from None
+            print(f"medvit: skipping {folder}: cannot read it ({type(err).__name__})", file=sys.stderr)
+            continue
+        with entries:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
@@ -123,7 +138,7 @@ def ingest(
     """Ingest every file under `src` into `out`; return the summary (also saved in ingest.json).
 
     labels: a CSV with image_id + `label_column` (default `src/train.csv` when present).
-    workers: processes (default os.cpu_count()); 1 runs in this process.
+    workers: processes (default: the usable cores); 1 runs in this process.
     progress: tqdm bar on stderr (None: only when stderr is a TTY).
     preprocess: replaces medvit.dicom.normalize.preprocess (tests); it must be a module-level
         function `(path, size) -> Preprocessed` so worker processes can import it.
@@ -139,19 +154,19 @@ def ingest(
         raise ConfigError(f"--size {size}: must be at least 8")
     if (workers is not None and workers < 1) or folds < 1:
         raise ConfigError(f"--workers {workers} / --folds {folds}: both must be at least 1")
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     labels_path = Path(labels) if labels else (src / "train.csv" if (src / "train.csv").is_file() else None)
     if labels_path is not None and not labels_path.is_file():
         raise ConfigError(f"{labels_path}: labels CSV not found")
     label_table = load_labels(labels_path, label_column) if labels_path else None
 
-    images = out / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    remove_temp_files(out, images)
     skip = [out] + ([labels_path] if labels_path else [])
     rels = find_inputs(src, skip, only=_rsna_images_folder(src, labels_path))
     if not rels:
         raise MedvitError(f"{src}: no input files found (hidden files and the labels CSV are skipped)")
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(out, images)
     ids = assign_image_ids(rels)
 
     journal_path = out / JOURNAL_NAME

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
+import time
 import warnings
 from collections import deque
 from pathlib import Path
@@ -18,12 +20,28 @@ from medvit.errors import DicomError, MedvitError, shorten
 from medvit.io import save_npy
 from medvit.manifest import INFO_COLUMNS
 
-_INFO_KEYS = set(INFO_COLUMNS) | {"patient_id", "laterality", "view"}
+_INFO_KEYS = set(INFO_COLUMNS) | {"patient_id", "laterality", "laterality_source", "view"}
 _TASK_KEYS = ("path", "image_id", "source_size", "source_mtime_ns", "settings")  # echoed in records
 
 
-def _init_worker() -> None:
-    """One thread per worker process: the parallelism is across processes."""
+def _exit_with(parent: int) -> None:
+    """Leave when `parent` is gone: after a kill -9 of ingest, its workers (children of the
+    forkserver, so no PDEATHSIG) would otherwise wait on their queue for ever."""
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # exists, owned by someone else: not our parent any more
+            os._exit(1)
+
+
+def _init_worker(parent: int | None = None) -> None:
+    """One thread per worker process: the parallelism is across processes. With `parent` (the
+    ingest process's pid) a daemon thread ends this worker once that process has died."""
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     import cv2
@@ -137,7 +155,8 @@ def run_pool(tasks: list[dict], workers: int, on_done: Callable[[dict], None],
     ctx = worker_context(["medvit.ingest_workers", "medvit.dicom.normalize"])
     finished = crashed = 0
     while pending or retry:
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(os.getpid(),)) as pool:
             inflight: dict = {}
             isolating = None
             broken: list[dict] = []

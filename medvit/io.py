@@ -27,9 +27,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.remove(tmp)
 
 
+def printable(text: str) -> str:
+    """`text` with a file name's undecodable bytes (Python holds them as surrogates) spelled
+    as escapes (`\\xff`), so it can be written as UTF-8."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def write_text(path: str | Path, text: str) -> Path:
+    """UTF-8, via `printable`: a file name that is not valid UTF-8 does not fail the write."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(printable(text), encoding="utf-8")
     return Path(path)
 
 

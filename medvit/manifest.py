@@ -29,7 +29,7 @@ INFO_COLUMNS = [
     "crop_y0", "crop_x0", "crop_y1", "crop_x1", "flipped", "reduce", "decoder",
 ]
 MANIFEST_COLUMNS = [
-    "image_id", "patient_id", "laterality", "view", "label", "fold", "status", "reason", "error",
+    "image_id", "patient_id", "laterality", "laterality_source", "view", "label", "fold", "status", "reason", "error",
     "path", "cache", *INFO_COLUMNS, "source_size", "source_mtime_ns", "settings",
 ]
 
@@ -43,12 +43,23 @@ def image_stem(rel: str) -> str:
     return root if ext.lower() in DICOM_SUFFIXES else name
 
 
+def _clean_stem(rel: str) -> str:
+    """image_stem, or file-<sha1> when the name is not valid UTF-8 (it names the cache file and
+    fills the CSVs, which must stay readable)."""
+    stem = image_stem(rel)
+    try:
+        stem.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file-" + hashlib.sha1(os.fsencode(rel)).hexdigest()[:12]
+    return stem
+
+
 def assign_image_ids(rels: list[str]) -> dict[str, str]:
     """rel path -> image_id: the stem, or stem-<sha1(rel)[:8]> for stems seen more than once."""
-    stems = {rel: image_stem(rel) for rel in rels}
+    stems = {rel: _clean_stem(rel) for rel in rels}
     counts = Counter(stems.values())
     return {
-        rel: stem if counts[stem] == 1 else f"{stem}-{hashlib.sha1(rel.encode()).hexdigest()[:8]}"
+        rel: stem if counts[stem] == 1 else f"{stem}-{hashlib.sha1(os.fsencode(rel)).hexdigest()[:8]}"
         for rel, stem in stems.items()
     }
 
@@ -161,6 +172,7 @@ def build_rows(rels: list[str], records: dict[str, dict], src: Path,
             "image_id": rec["image_id"],
             "patient_id": lab.get("patient_id") or _fmt(info.get("patient_id")) or parent,
             "laterality": lab.get("laterality") or _fmt(info.get("laterality")),
+            "laterality_source": "labels" if lab.get("laterality") else _fmt(info.get("laterality_source")),
             "view": lab.get("view") or _fmt(info.get("view")),
             "label": lab.get("label", ""),
             "fold": "-1",

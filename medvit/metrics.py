@@ -97,7 +97,7 @@ def binary_metrics(y_true, prob, *, loss: float | None = None, n_boot: int = 100
         out["auc_ci"] = _percentile_ci(aucs)
         out["boot_skipped"] = skipped
         if skipped:
-            notes.append(f"{skipped} of {n_boot} bootstrap resamples lacked a class and were skipped")
+            notes.append(f"{skipped} of {n_boot} bootstrap resamples could not be scored")
     out.update(best_f1(y, p) if both else {"best_f1": None, "best_f1_threshold": None})
     out.update(operating_points(y, p, specificities, sensitivities) if both else {
         "sensitivity_at_specificity": {_key(t): None for t in specificities},
@@ -182,8 +182,11 @@ def _auc_from_group_counts(counts: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_aucs(y_true, prob, n_boot: int = 1000, seed: int = 0) -> tuple[np.ndarray, int]:
-    """AUCs of `n_boot` seeded resamples (with replacement) and how many lacked a class (skipped).
+    """AUCs of `n_boot` seeded, class-stratified resamples and how many could not be scored.
 
+    Stratified (positives and negatives resampled separately, their counts kept, as pROC does
+    by default): every resample has both classes, so all `n_boot` count even when positives are
+    rare (RSNA: ~2%). Skipped is `n_boot` when a class is absent altogether, else 0.
     Hand-written because scikit-learn scores one AUC per call (1000 calls on 50k images take
     minutes). A resample is only a count per (score group, class), so one bincount per chunk of
     resamples gives all their rank AUCs at once.
@@ -191,13 +194,17 @@ def bootstrap_aucs(y_true, prob, n_boot: int = 1000, seed: int = 0) -> tuple[np.
     y = np.asarray(y_true).reshape(-1).astype(np.int64)
     group, n_groups = _score_groups(prob)
     cell = group * 2 + y  # each item's (score group, class) cell
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    if pos.size == 0 or neg.size == 0:
+        return np.empty(0), int(n_boot)
     n = y.size
     rng = np.random.default_rng(seed)
     chunk = max(1, min(n_boot, 4_000_000 // max(n, 1)))  # bounds memory to ~100 MB per chunk
     aucs = []
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
-        idx = rng.integers(0, n, size=(b, n))
+        idx = np.concatenate([pos[rng.integers(0, pos.size, size=(b, pos.size))],
+                              neg[rng.integers(0, neg.size, size=(b, neg.size))]], axis=1)
         flat = (cell[idx] + (2 * n_groups) * np.arange(b)[:, None]).ravel()
         counts = np.bincount(flat, minlength=b * 2 * n_groups).reshape(b, n_groups, 2)
         aucs.append(_auc_from_group_counts(counts))

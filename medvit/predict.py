@@ -27,12 +27,13 @@ from typing import Any, Iterator
 import numpy as np
 
 from medvit.errors import ConfigError, DicomError, MedvitError, shorten
-from medvit.io import atomic_path, write_text
+from medvit.io import atomic_path, printable, write_text
 
 DEFAULT_INGEST_SIZE = 512  # `medvit ingest --size` default
-COLUMNS = ["path", "image_id", "patient_id", "laterality", "view", "prob", "pred", "status", "error"]
+COLUMNS = ["path", "image_id", "patient_id", "laterality", "laterality_source", "view", "prob", "pred",
+           "status", "error"]
 BREAST_COLUMNS = ["patient_id", "laterality", "prob_mean", "prob_max", "n_images", "pred"]
-META_KEYS = ("patient_id", "laterality", "view")  # the only header fields that reach any output
+META_KEYS = ("patient_id", "laterality", "laterality_source", "view")  # the only header fields that reach any output
 
 
 # ----------------------------------------------------------------------------- model
@@ -183,7 +184,7 @@ def result_rows(p: Predictor, items: list[dict], probs: np.ndarray | None, rels:
     rows, k = [], 0
     for it in items:
         rel = rels[it["index"]]
-        row = {"path": rel, "image_id": ids[rel], "patient_id": "", "laterality": "", "view": "",
+        row = {"path": printable(rel), "image_id": ids[rel], **dict.fromkeys(META_KEYS, ""),
                "prob": "", "pred": "", "status": "error", "error": it["error"]}
         if it["error"] == "":
             row.update(it["meta"], status="ok")
@@ -314,7 +315,7 @@ def predict_folder(folder: str | Path, checkpoint: str | Path, out: str | Path =
                disable=not (sys.stderr.isatty() if progress is None else progress))
     try:
         with model_threads(p.device, workers), atomic_path(out) as tmp, \
-                open(tmp, "w", encoding="utf-8", newline="") as f:
+                open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             got, n_overlays = _stream(p, loader, writer, f, rels, ids, t, overlays, method, bar)

@@ -109,7 +109,9 @@ def mfu(trainer, rate: float) -> str:
     x = torch.zeros(1, 1, trainer.cfg.data.image_size, trainer.cfg.data.image_size, device=trainer.device)
     with FlopCounterMode(display=False) as fc:
         trainer.model(x)
-    peak = 989e12 if "H100" in torch.cuda.get_device_name() else 312e12  # dense bf16 peak
+    name = torch.cuda.get_device_name()
+    # dense bf16 peaks: Hopper (H100, H200, GH200) 989 TFLOP/s, else A100's 312
+    peak = 989e12 if any(k in name for k in ("H100", "H200", "GH200")) else 312e12
     return f"{3 * fc.get_total_flops() * rate / peak:.1%}"
 
 

@@ -129,6 +129,25 @@ def test_pillow_j2k_equals_pydicom(tmp_path, bits):
         decode_j2k_pillow(codestream, info.levels + 1, info)
 
 
+@pytest.mark.parametrize("rows, cols", [(1913, 2294), (1021, 1025), (600, 1914)])
+def test_pillow_j2k_every_level_at_sizes_pillow_rounds_down(tmp_path, rows, cols):
+    """Pillow rounds a level's size, OpenJPEG takes the ceiling: e.g. 1914 px at level 3 is
+    239.25 -> 239 for Pillow, 240 for OpenJPEG. Every level must still decode, near a box mean."""
+    img = breast_image(rows, cols, bits=12, seed=rows)
+    path = write_dicom(tmp_path / "odd.dcm", img, syntax="j2k", bits_stored=12)
+    ds = pydicom.dcmread(path)
+    codestream = pydicom.encaps.get_frame(ds.PixelData, 0, number_of_frames=1)
+    info = j2k_info(codestream)
+    for level in range(1, min(info.levels, 5) + 1):
+        arr = decode_j2k_pillow(codestream, level, info)
+        f = 2**level
+        assert arr.shape == (-(-rows // f), -(-cols // f)), level
+        h, w = rows // f, cols // f
+        box = img[: h * f, : w * f].reshape(h, f, w, f).mean(axis=(1, 3))
+        if level <= 3:  # the 5/3 wavelet's low band, not a box mean: close at the levels that resample
+            assert np.abs(arr[:h, :w] - box).mean() < 0.02 * 2**12, level
+
+
 def test_pixels_step_back_one_level_then_pydicom(small, monkeypatch):
     ds = read_dataset(small["j2k"])
     real, tried = read.decode_j2k_pillow, []

@@ -130,6 +130,32 @@ def test_tree_without_suffix_or_labels(rsna, tmp_path):
     assert not (out / "missing_files.csv").exists()
 
 
+def test_awkward_names_labels_path_and_zero_filled_files(rsna, tmp_path):
+    """A file name that is not UTF-8, an absolute --labels path to SRC/train.csv (still the RSNA
+    layout: lesion masks are not inputs) and a big zero-filled file (not DICOM, said quickly)."""
+    src = tmp_path / "src"
+    shutil.copytree(rsna, src)
+    first = dicoms(src / "train_images")[0]
+    odd = os.fsencode(first.parent) + b"/\xffodd.dcm"
+    shutil.copy2(first, odd)
+    (src / "train_images" / "zeros.dcm").write_bytes(bytes(8_000_000))
+    (src / "lesion_masks").mkdir(exist_ok=True)
+    (src / "lesion_masks" / "mask.png").write_bytes(b"\x89PNG")
+    out = tmp_path / "data"
+    started = time.perf_counter()
+    summary = ingest(src, out, labels=(src / "train.csv").resolve(), size=32, workers=1, progress=False)
+    assert time.perf_counter() - started < 60  # a forced parse of the zeros alone took seconds per MB
+    rows = {r["path"]: r for r in read_manifest(out)}
+    assert len(rows) == 18 and all(p.startswith("train_images/") for p in rows)  # masks not walked
+    assert rows["train_images/zeros.dcm"]["reason"] == "not_dicom"
+    odd_row = next(r for p, r in rows.items() if "odd" in p)
+    assert odd_row["status"] == "ok" and "\\xff" in odd_row["path"]
+    assert odd_row["image_id"].startswith("file-") and (out / odd_row["cache"]).is_file()
+    assert summary["ok"] == 17
+    again = ingest(src, out, labels=(src / "train.csv").resolve(), size=32, workers=1, progress=False)
+    assert again["skipped"] == 18
+
+
 def test_colliding_stems_get_distinct_deterministic_ids():
     rels = ["a/x.dcm", "b/x.dcm", "c/y", "c/z.DCM"]
     ids = assign_image_ids(rels)
@@ -329,11 +355,26 @@ def test_temp_files_a_killed_run_left_are_removed(rsna, tmp_path):
     assert sorted(p.name for p in (out / "images").iterdir()) == sorted(f"{p.stem}.npy" for p in dicoms(rsna))
 
 
-def test_kill_and_resume_matches_uninterrupted_run(rsna, tmp_path):
+def _marked_processes(mark: str) -> list[int]:
+    """pids whose environment holds MEDVIT_TEST_MARK=mark (Linux /proc)."""
+    pids = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"MEDVIT_TEST_MARK={mark}".encode() in env.read_bytes().split(b"\0"):
+                pids.append(int(env.parent.name))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_and_resume_matches_uninterrupted_run(rsna, tmp_path, workers):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     cmd = [sys.executable, "-m", "medvit", "ingest", str(rsna), "--out", str(killed),
-           "--size", "256", "--workers", "1", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+           "--size", "256", "--workers", str(workers), "--no-progress"]
+    mark = f"{os.getpid()}-{workers}-{time.time()}"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "MEDVIT_TEST_MARK": mark})
     journal = killed / JOURNAL_NAME
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
@@ -343,6 +384,11 @@ def test_kill_and_resume_matches_uninterrupted_run(rsna, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (killed / "manifest.csv").exists()
+    if sys.platform.startswith("linux"):  # orphaned workers leave within seconds
+        deadline = time.time() + 20
+        while _marked_processes(mark) and time.time() < deadline:
+            time.sleep(0.2)
+        assert _marked_processes(mark) == []
     done_before = len(read_journal(journal))
     assert 3 <= done_before < 16
 

@@ -91,13 +91,15 @@ def test_against_sklearn_random(seed):
 
 
 def test_vectorised_bootstrap_matches_sklearn_per_resample():
-    """The bincount bootstrap must give exactly sklearn's AUC of each resample."""
+    """The bincount bootstrap must give exactly sklearn's AUC of each (stratified) resample."""
     y, p = _sample(80, 5)
     p = np.round(p, 1)
     aucs, skipped = bootstrap_aucs(y, p, n_boot=40, seed=9)
     assert skipped == 0 and aucs.shape == (40,)
     rng = np.random.default_rng(9)  # bootstrap_aucs draws all 40 rows in one chunk here
-    idx = rng.integers(0, y.size, size=(40, y.size))
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    idx = np.concatenate([pos[rng.integers(0, pos.size, size=(40, pos.size))],
+                          neg[rng.integers(0, neg.size, size=(40, neg.size))]], axis=1)
     expect = [roc_auc_score(y[i], p[i]) for i in idx]
     np.testing.assert_allclose(aucs, expect, atol=1e-12)
 
@@ -114,13 +116,16 @@ def test_bootstrap_ci_contains_estimate_narrows_and_is_seeded():
     assert bootstrap_auc_ci(y_small, p_small, n_boot=300, seed=1) != (lo_s, hi_s)
 
 
-def test_bootstrap_skips_single_class_resamples():
-    y = np.array([1] + [0] * 9)  # a resample misses the positive with probability 0.9^10 ~ 35%
+def test_bootstrap_is_stratified_so_rare_positives_keep_every_resample():
+    y = np.array([1] + [0] * 9)  # unstratified, ~35% of resamples would miss the one positive
     p = np.linspace(0.1, 0.9, 10)
     aucs, skipped = bootstrap_aucs(y, p, n_boot=200, seed=0)
-    assert 30 < skipped < 110 and aucs.size == 200 - skipped
+    assert skipped == 0 and aucs.size == 200
+    # the positive (p=0.1) is below every negative in every resample: AUC 0 each time
+    np.testing.assert_array_equal(aucs, 0.0)
     m = binary_metrics(y, p, n_boot=200)
-    assert m["boot_skipped"] == skipped and any("skipped" in n for n in m["notes"])
+    assert m["boot_skipped"] == 0 and m["auc_ci"] == [0.0, 0.0]
+    assert bootstrap_aucs([0, 0, 0], [0.1, 0.2, 0.3], n_boot=50)[1] == 50
 
 
 def test_single_class_is_none_with_note():

@@ -204,7 +204,9 @@ def test_vit_fused_attention_matches_explicit_softmax():
 
 def test_vit_dropout_options_reach_the_blocks():
     model = create_backbone("vit_test", img_size=32, drop_rate=0.1, drop_path_rate=0.2)
-    assert model.pos_drop.p == 0.1 and model.blocks[0].attn.attn_drop.p == 0.1
+    assert model.pos_drop.p == 0.1 and model.blocks[0].mlp.drop1.p == 0.1
+    # no dropout on the attention weights: it would push SDPA off its fused kernel on a CPU
+    assert model.blocks[0].attn.attn_drop.p == 0.0 and model.blocks[0].attn.fused_attn
     assert model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.2)
 
 

@@ -13,6 +13,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 import medvit.dicom.read as read
 from medvit.dicom.normalize import apply_geometry, out_shape, preprocess, to_uint16, to_unit
+from medvit.errors import DicomError
 
 from dicom_factory import breast_image, write_dicom
 
@@ -117,6 +118,8 @@ def test_preprocess_kinds(tmp_path, syntax, bits, photometric, laterality):
     assert chest > 2 * nipple_side  # tissue bright and chest wall on the left
     assert image[:, 0].max() > 30000  # flush left
     assert info["flipped"] == right
+    assert info["laterality"] == ("R" if right else "L")  # from the image when the tag is missing
+    assert info["laterality_source"] == ("header" if laterality else "content")
     assert info["photometric"] == photometric and info["bits_stored"] == bits
     assert info["transfer_syntax"] == str(pydicom.dcmread(path).file_meta.TransferSyntaxUID)
     # crop box: the ellipse spans rows 0.10..0.94 and 68 % of the width; the label is out
@@ -142,6 +145,47 @@ def test_marker_excluded_and_no_phi(tmp_path):
     text = json.dumps(result.info)
     assert result.info["patient_id"] == "P42"
     assert "Test" not in text and "1950" not in text
+
+
+@pytest.mark.parametrize("right", [False, True])
+def test_marker_inside_the_crop_box_is_cleared(tmp_path, right):
+    """A marker beside the narrow top of the breast lies inside its bounding box: it must be
+    zeroed, and nothing else may change."""
+    rows, cols = 400, 320
+    clean = breast_image(rows, cols, marker=False, seed=8)
+    marked = clean.copy()
+    marked[60:75, 180:200] = 4000  # right of the ellipse's top (narrow there), inside its box
+    if right:
+        clean, marked = clean[:, ::-1].copy(), marked[:, ::-1].copy()
+    a = preprocess(write_dicom(tmp_path / "a.dcm", clean, laterality="R" if right else "L",
+                               window=(2048, 4096)), size=SIZE)
+    b = preprocess(write_dicom(tmp_path / "b.dcm", marked, laterality="R" if right else "L",
+                               window=(2048, 4096)), size=SIZE)
+    box = [a.info[k] for k in ("crop_y0", "crop_x0", "crop_y1", "crop_x1")]
+    assert box == [b.info[k] for k in ("crop_y0", "crop_x0", "crop_y1", "crop_x1")]
+    x_in_box = (cols - 190) if right else 190
+    assert box[0] < 67 < box[2] and box[1] < x_in_box < box[3]  # the marker is inside the box
+    changed = a.image != b.image  # only where the marker was: black now (or an edge), dark air before
+    assert 0 < changed.sum() < 0.02 * SIZE * SIZE
+    assert (b.image[changed] < 0.05 * 65535).all() and (a.image[changed] < 0.05 * 65535).all()
+    assert (b.image[changed] == 0).mean() > 0.5
+
+
+def test_free_text_in_coded_fields_never_reaches_the_info(tmp_path):
+    img = breast_image(200, 160, seed=3)
+    path = write_dicom(tmp_path / "v.dcm", img, window=(2048, 4096))
+    ds = pydicom.dcmread(path)
+    ds.ViewPosition = "MEDVITPHI JONES"
+    ds.save_as(path)
+    assert preprocess(path, size=SIZE).info["view"] == ""
+    ds.ViewPosition = "mlo "
+    ds.save_as(path)
+    assert preprocess(path, size=SIZE).info["view"] == "MLO"
+    ds.PhotometricInterpretation = "MEDVITPHI"
+    ds.save_as(path)
+    with pytest.raises(DicomError) as err:
+        preprocess(path, size=SIZE)
+    assert err.value.reason == "color" and "MEDVITPHI" not in str(err.value)
 
 
 def test_flat_and_black_images_keep_the_whole_frame(tmp_path):

@@ -68,8 +68,8 @@ def test_one_row_per_file_with_status(world):
     pred = read(world["out"])
     files = sorted(p.relative_to(world["inbox"]).as_posix() for p in world["inbox"].rglob("*") if p.is_file())
     assert sorted(pred["path"]) == files and len(files) == world["n_dicoms"] + len(BAD)
-    assert list(pred.columns) == ["path", "image_id", "patient_id", "laterality", "view", "prob", "pred",
-                                  "status", "error"]
+    assert list(pred.columns) == ["path", "image_id", "patient_id", "laterality", "laterality_source", "view",
+                                  "prob", "pred", "status", "error"]
     bad = pred.set_index("path").loc[list(BAD)]
     assert (bad["status"] == "error").all()
     for rel, reason in BAD.items():
@@ -78,6 +78,7 @@ def test_one_row_per_file_with_status(world):
     ok = pred[pred["status"] == "ok"]
     assert len(ok) == world["n_dicoms"] and (ok["error"] == "").all()
     assert ok["laterality"].isin(["L", "R"]).all() and ok["view"].isin(["CC", "MLO"]).all()
+    assert (ok["laterality_source"] == "header").all()
     assert ok["prob"].astype(float).between(0, 1).all()
     s = world["summary"]
     assert (s["files"], s["ok"], s["error"]) == (len(files), world["n_dicoms"], len(BAD))
@@ -193,3 +194,28 @@ def test_failure_midway_leaves_no_csv(world, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         predict_folder(world["inbox"], world["run"], tmp_path / "p.csv", batch_size=4, device="cpu", progress=False)
     assert list(tmp_path.iterdir()) == []  # neither the CSV nor its temp file
+
+
+def test_missing_laterality_from_the_image_and_free_text_dropped(world, tmp_path):
+    """No ImageLaterality: the side comes from the image (so the breast is not lost from the
+    per-breast table); a ViewPosition holding free text never reaches the CSV."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    every = sorted((world["root"] / "synth" / "train_images").rglob("*.dcm"))
+    side = {p: str(pydicom.dcmread(p, stop_before_pixels=True).ImageLaterality) for p in every}
+    sources = [next(p for p in every if side[p] == "L"), next(p for p in every if side[p] == "R")]
+    truth = []
+    for i, path in enumerate(sources):
+        ds = pydicom.dcmread(path)
+        truth.append(str(ds.ImageLaterality))
+        for tag in ("ImageLaterality", "Laterality"):
+            if tag in ds:
+                delattr(ds, tag)
+        ds.ViewPosition = "MEDVITPHI SMITH"
+        ds.save_as(inbox / f"n{i}.dcm")
+    out = tmp_path / "p.csv"
+    predict_folder(inbox, world["run"], out, device="cpu", progress=False)
+    pred = read(out)
+    assert list(pred["laterality"]) == truth and (pred["laterality_source"] == "content").all()
+    assert (pred["view"] == "").all() and b"MEDVITPHI" not in out.read_bytes()
+    assert read(breast_csv_path(out))["n_images"].sum() == 2

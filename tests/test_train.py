@@ -157,19 +157,56 @@ def test_same_trainer_runs_cifar_format(tmp_path):
 
 
 def test_ddp_two_cpu_ranks_disjoint_and_one_checkpoint(data_dir, tmp_path):
+    """2 gloo ranks until max_wall: both must stop at the same step (each has its own clock; a
+    rank stopping alone hangs the other in its next all-reduce), on disjoint negatives, with
+    a positive in every batch of every rank, and only rank 0 writing."""
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "medvit", "train", "--out", str(run), f"data.dir={data_dir}", f"data.image_size={SIZE}",
-           "data.batch_size=4", "data.workers=0", "model.backbone=cnn_test", "train.epochs=1",
-           "train.sample_log=true", "train.device=cpu"]
+           "data.batch_size=4", "data.workers=0", "model.backbone=cnn_test", "train.epochs=1000",
+           "train.max_wall=4", "train.sample_log=true", "train.device=cpu", "train.log_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    counters = load_checkpoint(run / "checkpoints" / "last.pt")["counters"]
+    assert counters["stop_reason"] == "max_wall=4s" and counters["epoch"] >= 1
     seen = {rank: pd.read_csv(run / "samples" / f"rank{rank}.csv", names=["epoch", "step", "id"], dtype=str)
             for rank in (0, 1)}
-    assert len(seen[0]) and len(seen[1])
+    assert seen[0].step.astype(int).max() == seen[1].step.astype(int).max() == counters["step"]
     manifest = pd.read_csv(data_dir / "manifest.csv", dtype=str)
-    negatives = set(manifest.loc[(manifest.fold != "0") & (manifest.label == "0"), "image_id"])
-    neg0, neg1 = set(seen[0].id) & negatives, set(seen[1].id) & negatives
+    train = manifest[manifest.fold != "0"]
+    negatives, positives = set(train.loc[train.label == "0", "image_id"]), set(train.loc[train.label == "1", "image_id"])
+    first = {rank: seen[rank][seen[rank].epoch == "0"] for rank in (0, 1)}
+    neg0, neg1 = set(first[0].id) & negatives, set(first[1].id) & negatives
     assert neg0 and neg1 and not (neg0 & neg1)  # each negative trained on by one rank only
+    assert neg0 | neg1 == negatives  # and every negative used in the epoch
+    for rank in (0, 1):
+        assert seen[rank].groupby("step").id.apply(lambda ids: bool(set(ids) & positives)).all()
+    # the epoch's train metrics cover both ranks' images
+    steps = pd.read_csv(run / "metrics_step.csv")
+    assert len(steps) == counters["step"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_seed_vit_keeps_its_patch_and_benchmarks_their_size(tmp_path):
+    """Without --patch / --image-size a seed ViT gets its document's patch (4) and CIFAR its 32 px."""
+    from medvit.train import setup
+
+    cfg = setup.resolve_sizes(load_config(None, ["data.kind=cifar10", "model.backbone=vit_cifar"]))
+    assert cfg.data.image_size == 32 and cfg.model.patch_size is None
+    spec = setup.model_spec(cfg, num_classes=10, in_chans=3, binary=False)
+    model = setup.build_model(cfg, spec)
+    assert tuple(model.patch_embed.grid_size) == (8, 8)  # 32 / 4
+    assert setup.resolve_sizes(load_config(None, ["data.kind=mnist"])).data.image_size == 28
+    cfg = load_config(None, ["model.backbone=vit", "model.patch_size=8", "data.image_size=64"])
+    assert setup.build_model(cfg, setup.model_spec(cfg, 2, 1, True)).patch_embed.grid_size == (8, 8)
+
+
+def test_evaluate_uses_last_when_the_run_stopped_before_validating(data_dir, tmp_path, capsys):
+    from medvit.train.checkpoint import resolve_checkpoint
+
+    run = tmp_path / "short"
+    fit(cfg_for(data_dir, "train.max_steps=2"), run)
+    assert not (run / "checkpoints" / "best.pt").exists()
+    assert resolve_checkpoint(run, "best") == run / "checkpoints" / "last.pt"
+    assert "before its first validation" in capsys.readouterr().err

@@ -94,7 +94,8 @@ class ImageSource:
             self._frame = read_manifest(self.data_dir)
         return self._frame
 
-    def load(self, item: str):
+    def load(self, item: str, file_id: str | None = None):
+        """(image_id, image) for an image_id or a DICOM file (named `file_id`, else its stem)."""
         import numpy as np
 
         from medvit.data.datasets import MammoDataset
@@ -108,7 +109,7 @@ class ImageSource:
 
             with quiet_pydicom():
                 image = preprocess(item, size=ingest_size(self.data_dir)).image
-            return image_stem(Path(item).name), image.astype(np.float32) / np.float32(65535)
+            return file_id or image_stem(Path(item).name), image.astype(np.float32) / np.float32(65535)
         frame = self.frame()
         rows = frame[frame["image_id"] == item]
         if rows.empty:
@@ -122,6 +123,7 @@ class ImageSource:
 def explain_images(args: argparse.Namespace, primary: LoadedRun, out: Path, device) -> int:
     from medvit.errors import MedvitError
     from medvit.explain import cls_attention, explain, resolve_method, save_overlay, save_panel
+    from medvit.ingest import assign_image_ids
     from medvit.io import save_npy
     from medvit.predict import model_input
 
@@ -135,10 +137,12 @@ def explain_images(args: argparse.Namespace, primary: LoadedRun, out: Path, devi
         except MedvitError:  # e.g. --method rollout for a ViT compared with a CNN: the CNN's default
             compare_method = resolve_method(compare.model, "auto")
     source = ImageSource(args.data or primary.data_dir)
+    # DICOM files are named as ingest names them: two files called x.dcm get distinct ids
+    file_ids = assign_image_ids([item for item in args.images if Path(item).is_file()])
     failed = 0
     for item in args.images:
         try:
-            image_id, full = source.load(item)
+            image_id, full = source.load(item, file_ids.get(item))
             x = model_input(full, primary.image_size)[None].to(device)
             heat = explain(primary.model, x, method)[0]
             save_npy(out / f"{image_id}_{method}.npy", heat)

@@ -66,5 +66,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _default_run_dir(cfg) -> Path:
-    patch = f"-p{cfg.model.patch_size}" if cfg.model.backbone.startswith("vit") else ""
+    from medvit.models import backbone_default, backbone_kind
+
+    name = cfg.model.backbone
+    size = cfg.model.patch_size or backbone_default(name, "patch_size")
+    patch = f"-p{size}" if backbone_kind(name) == "vit" and size else ""
     return Path("runs") / f"{cfg.model.backbone}{patch}-{time.strftime('%Y%m%d-%H%M%S')}"

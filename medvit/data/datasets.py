@@ -125,7 +125,9 @@ def mammo_splits(data_dir: str | Path, fold: int, image_size: int = 512, train_t
                           f"folds present: {folds if folds else 'none'}")
     train = usable[usable["fold"] != fold]
     if train.empty:
-        raise MedvitError(f"{Path(data_dir) / MANIFEST}: fold {fold} is the only fold; nothing left to train on")
+        errors = int(((frame["fold"] != fold) & (frame["status"] != "ok")).sum())
+        raise MedvitError(f"{Path(data_dir) / MANIFEST}: no labelled, successfully ingested image outside "
+                          f"fold {fold} to train on ({errors} error rows there; see the error column)")
     val = usable[usable["fold"] == fold]
     return (MammoDataset(data_dir, train, image_size, train_transform, seed),
             MammoDataset(data_dir, val, image_size, val_transform, seed))

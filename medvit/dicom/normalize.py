@@ -21,12 +21,12 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
 
-from medvit.dicom.read import Pixels, read_dataset
+from medvit.dicom.read import PHOTOMETRICS, VIEWS, Pixels, defined_term, read_dataset
 from medvit.errors import ConfigError, DicomError
 
 # Bump when preprocessing output changes: ingest's cache key carries it, so caches get rebuilt.
-# 2: the breast is found before the VOI window.
-VERSION = 2
+# 2: the breast is found before the VOI window. 3: markers inside the crop box are zeroed.
+VERSION = 3
 PREVIEW_SIDE = 256   # long side of the image the crop box is found on
 MAX_TABLE = 1 << 20  # largest stored-value span turned into a lookup table
 CROP_KEYS = ("crop_y0", "crop_x0", "crop_y1", "crop_x1")  # the crop box in Preprocessed.info
@@ -67,6 +67,7 @@ def _preprocess(ds: Dataset, pixels: Pixels, size: int) -> Preprocessed:
     small = detection_view(raw[::step, ::step], ds, mono1)
     scale = 2**level * step
     box = scale_box(find_breast(small), scale, pixels.rows, pixels.cols)
+    blobs = stray_blobs(small)
     laterality = laterality_of(ds)
     flip = laterality == "R" if laterality else tissue_on_right(
         small[box[0] // scale: -(-box[2] // scale), box[1] // scale: -(-box[3] // scale)])
@@ -77,8 +78,11 @@ def _preprocess(ds: Dataset, pixels: Pixels, size: int) -> Preprocessed:
     extended = (y0, x0, min(y1 + 1, raw.shape[0]), min(x1 + 1, raw.shape[1]))
     unit, voi = to_unit(raw, ds, mono1, crop=extended if level else (y0, x0, y1, x1))
     unit = align_level(unit, level)[: y1 - y0, : x1 - x0]
+    unit = clear_blobs(unit, blobs, box, scale)
     image = _place(unit, box, flip, size)
     info = header_info(ds) | {
+        "laterality": laterality or ("R" if flip else "L"),  # R breasts face right as stored
+        "laterality_source": "header" if laterality else "content",
         "voi": voi, **dict(zip(CROP_KEYS, box)), "flipped": bool(flip), "reduce": level,
         "decoder": decoder}
     return Preprocessed(to_uint16(image), info)
@@ -175,22 +179,62 @@ def _rescale(arr: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
 
 # --------------------------------------------------------------------------- geometry
 
+def _components(unit: np.ndarray) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """Connected bright regions of a small tissue-bright [0, 1] image: (labels, stats, index
+    of the largest, None when there is none)."""
+    img8 = cv2.GaussianBlur((unit * 255).astype(np.uint8), (3, 3), 0)
+    otsu, _ = cv2.threshold(img8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    # half the Otsu level: keeps faint fatty tissue when dense tissue and air are the modes
+    mask = (img8 > otsu / 2).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])) if count >= 2 else None
+    return labels, stats, best
+
+
+def _margin(shape: tuple[int, ...]) -> int:
+    return max(2, round(0.01 * max(shape)))
+
+
 def find_breast(unit: np.ndarray) -> tuple[int, int, int, int]:
     """Bounding box (y0, x0, y1, x1) of the largest bright connected region of a small
     tissue-bright [0, 1] image, with a small margin. Separate blobs (burned-in labels,
     markers) are left out. An empty or flat image gives the whole image."""
     h, w = unit.shape
-    img8 = cv2.GaussianBlur((unit * 255).astype(np.uint8), (3, 3), 0)
-    otsu, _ = cv2.threshold(img8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    # half the Otsu level: keeps faint fatty tissue when dense tissue and air are the modes
-    mask = (img8 > otsu / 2).astype(np.uint8)
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if count < 2:
+    _, stats, best = _components(unit)
+    if best is None:
         return 0, 0, h, w
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     x, y, bw, bh = (int(v) for v in stats[best, :4])
-    m = max(2, round(0.01 * max(h, w)))
+    m = _margin(unit.shape)
     return max(0, y - m), max(0, x - m), min(h, y + bh + m), min(w, x + bw + m)
+
+
+def stray_blobs(unit: np.ndarray) -> np.ndarray:
+    """Bool mask of bright regions apart from the breast (burned-in markers and labels) at
+    `unit`'s scale, grown by two pixels. A marker can lie inside the breast's bounding box
+    (beside a narrow part of an MLO view): preprocess sets these pixels to 0. Regions within
+    the crop margin of the breast are kept: they may be tissue."""
+    labels, _, best = _components(unit)
+    if best is None:
+        return np.zeros(unit.shape, bool)
+    m = _margin(unit.shape)
+    breast = (labels == best).astype(np.uint8)
+    near = cv2.dilate(breast, np.ones((2 * m + 1, 2 * m + 1), np.uint8)) > 0
+    stray = (labels > 0) & ~np.isin(labels, np.unique(labels[near]))
+    grown = cv2.dilate(stray.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    return grown & (breast == 0)
+
+
+def clear_blobs(unit: np.ndarray, blobs: np.ndarray, box: tuple[int, int, int, int], scale: int) -> np.ndarray:
+    """Zero `unit` (the crop `box` of the image, any resolution) where `blobs` (a mask at
+    1/`scale` of full resolution) is set."""
+    y0, x0, y1, x1 = box
+    part = blobs[y0 // scale: -(-y1 // scale), x0 // scale: -(-x1 // scale)]
+    if not part.any():
+        return unit
+    mask = cv2.resize(part.astype(np.uint8), (unit.shape[1], unit.shape[0]), interpolation=cv2.INTER_NEAREST)
+    unit = unit.copy()
+    unit[mask > 0] = 0.0
+    return unit
 
 
 def scale_box(box: tuple[int, int, int, int], factor: float, rows: int, cols: int
@@ -295,10 +339,10 @@ def header_info(ds: Dataset) -> dict:
     return {
         "patient_id": str(ds.get("PatientID", "") or ""),
         "laterality": laterality_of(ds),
-        "view": str(ds.get("ViewPosition", "") or ""),
+        "view": defined_term(ds.get("ViewPosition", ""), VIEWS),
         "rows": int(ds.Rows),
         "columns": int(ds.Columns),
         "bits_stored": int(ds.get("BitsStored", ds.get("BitsAllocated", 0)) or 0),
-        "photometric": str(ds.PhotometricInterpretation),
+        "photometric": defined_term(ds.PhotometricInterpretation, PHOTOMETRICS),
         "transfer_syntax": str(ds.file_meta.TransferSyntaxUID),
     }

@@ -40,6 +40,14 @@ PIXEL_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) as it appears in a little-endian 
 
 # ----------------------------------------------------------------------------- headers
 
+def _starts_like_dicom(path: str | Path) -> bool:
+    """A file without the preamble is a bare dataset: it opens with a group 0002 or 0008 tag
+    (little or big endian)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
+
+
 def read_header(path: str | Path) -> Dataset:
     """Header only (stop_before_pixels), validated: raises DicomError on a file that cannot
     give a single-frame monochrome image. Cannot see the pixel data itself, so a missing
@@ -69,6 +77,8 @@ def _dcmread(path: str | Path, stop_before_pixels: bool) -> Dataset:
         raise DicomError(path, "truncated", f"file ends inside the header: {exc}") from None
     except Exception as exc:  # pydicom raises many kinds on garbage
         raise DicomError(path, "not_dicom", f"{type(exc).__name__}: {exc}") from None
+    if not _starts_like_dicom(path):  # a forced parse of 60 MB of zeros takes half a minute
+        raise DicomError(path, "not_dicom", "no DICM preamble and no DICOM tag at the start")
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
     except Exception as exc:
@@ -81,6 +91,20 @@ def _dcmread(path: str | Path, stop_before_pixels: bool) -> Dataset:
     return ds
 
 
+# Defined terms only reach outputs: a value outside them may be free text someone typed (PHI).
+PHOTOMETRICS = {"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "HSV", "ARGB", "CMYK",
+                "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT"}
+VIEWS = {  # ViewPosition: mammography views (RSNA: CC, MLO, ML, LM, AT, LMO) and radiography's
+    "CC", "MLO", "ML", "LM", "LMO", "XCC", "XCCL", "XCCM", "FB", "SIO", "AT", "RL", "RM", "ID",
+    "TAN", "SPOT", "MAG", "CV", "AP", "PA", "LL", "RLD", "LLD", "RLO", "LLO", "LAO", "RAO"}
+
+
+def defined_term(value: object, terms: set[str]) -> str:
+    """`value` (stripped, upper case) if it is one of `terms`, else ''."""
+    text = str(value or "").strip().upper()
+    return text if text in terms else ""
+
+
 def check_header(ds: Dataset, path: str | Path) -> None:
     """Refuse, before any pixel is allocated, what medvit cannot turn into one image."""
     if "Rows" not in ds or "Columns" not in ds:
@@ -91,7 +115,8 @@ def check_header(ds: Dataset, path: str | Path) -> None:
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if spp != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise DicomError(path, "color", f"SamplesPerPixel={spp}, {photometric or 'no photometric'}")
+        shown = defined_term(photometric, PHOTOMETRICS) or ("an unknown photometric" if photometric else "no photometric")
+        raise DicomError(path, "color", f"SamplesPerPixel={spp}, {shown}")
     frames = _int(ds.get("NumberOfFrames", 1), 1)
     if frames > 1:
         raise DicomError(path, "multi_frame", f"{frames} frames")
@@ -185,11 +210,17 @@ def decode_j2k_pillow(codestream: bytes, reduce: int, info: J2KInfo) -> np.ndarr
     up). Pillow scales samples of precision p < 16 up to 16 bits (p > 8): undone here."""
     from PIL import Image
 
+    want = (-(-info.rows // 2**reduce), -(-info.cols // 2**reduce))
     with Image.open(io.BytesIO(codestream)) as im:
+        if reduce:
+            # Pillow sizes a level as round(side / 2**r); OpenJPEG decodes ceil(side / 2**r).
+            # Where they differ (1914 px at r=3) the decode fails as "broken data stream", so
+            # give Pillow the size whose rounding is OpenJPEG's ceil (Pillow sets `_size` itself).
+            power = 2**reduce
+            im._size = (want[1] * power - power // 2, want[0] * power - power // 2)
         im.reduce = reduce
         im.load()
         arr = np.asarray(im)
-    want = (-(-info.rows // 2**reduce), -(-info.cols // 2**reduce))
     if arr.shape != want:
         raise OSError(f"Pillow returned {arr.shape} at reduce={reduce}, expected {want}")
     if arr.dtype == np.uint16 and info.precision < 16:
@@ -236,7 +267,7 @@ class Pixels:
             try:
                 arr = decode_j2k_pillow(self._codestream, level, self._j2k)
             except Exception:
-                continue  # seen on real RSNA files: one level fails, the next one works
+                continue  # a damaged or unusual codestream: try the next finer level
             self._cache[level] = (arr, level, "pillow-j2k")
             return self._cache[level]
         arr, name = decode_full(self.ds, self.path)

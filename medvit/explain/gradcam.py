@@ -95,12 +95,15 @@ def gradcam(model: nn.Module, images: torch.Tensor, target_class: int | None = N
     device = next(model.parameters()).device
     images = images.to(device).float()
     out = torch.zeros(images.shape[0], *images.shape[2:])
-    with released_hooks(model), torch.enable_grad():
-        targets = _targets(model, images, target_class).cpu()
-        cam = GradCAM(nn_module=model, target_layers=layer, postprocessing=unit_range)
-        for cls in targets.unique().tolist():
-            idx = targets == cls
-            # requires_grad on the input: a graph exists even if the weights are frozen
-            x = images[idx.to(device)].clone().requires_grad_(True)
-            out[idx] = cam(x, class_idx=int(cls))[:, 0].detach().float().cpu()
+    try:
+        with released_hooks(model), torch.enable_grad():
+            targets = _targets(model, images, target_class).cpu()
+            cam = GradCAM(nn_module=model, target_layers=layer, postprocessing=unit_range)
+            for cls in targets.unique().tolist():
+                idx = targets == cls
+                # requires_grad on the input: a graph exists even if the weights are frozen
+                x = images[idx.to(device)].clone().requires_grad_(True)
+                out[idx] = cam(x, class_idx=int(cls))[:, 0].detach().float().cpu()
+    finally:
+        model.zero_grad(set_to_none=True)  # MONAI's backward leaves a parameter-sized .grad behind
     return out

@@ -5,6 +5,7 @@ Importing this package registers every built-in backbone (vit.py, cnn.py, seeds.
 from __future__ import annotations
 
 from medvit.models.registry import (
+    backbone_default,
     backbone_kind,
     create_backbone,
     list_backbones,
@@ -14,5 +15,5 @@ from medvit.models.registry import (
 from medvit.models import cnn, seeds, vit  # noqa: E402,F401  (registration side effects)
 
 __all__ = [
-    "backbone_kind", "create_backbone", "list_backbones", "load_weights", "register_backbone",
+    "backbone_default", "backbone_kind", "create_backbone", "list_backbones", "load_weights", "register_backbone",
 ]

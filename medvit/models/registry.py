@@ -71,6 +71,12 @@ def _options(name: str, fn: Callable) -> list[str]:
     return [p for p in params if p not in _FIXED]
 
 
+def backbone_default(name: str, option: str) -> Any:
+    """The entrypoint's default for `option` (e.g. patch_size), None if it has none."""
+    param = inspect.signature(_entrypoint(name)).parameters.get(option)
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
 def _check_options(name: str, fn: Callable, kw: dict[str, Any]) -> None:
     accepted = _options(name, fn)
     for key in kw:

@@ -118,7 +118,8 @@ def vit_cifar(num_classes: int, in_chans: int, img_size: int, patch_size: int = 
     parameters, the slides' "3.2 M" and "12.781 MB" (×4 bytes)."""
     return build_vit(num_classes=num_classes, in_chans=in_chans, img_size=img_size,
                      patch_size=patch_size, embed_dim=256, depth=6, num_heads=8, mlp_dim=512,
-                     drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+                     drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+                     attn_drop_rate=drop_rate)  # the tutorial's nn.MultiheadAttention(dropout=...); 64 tokens
 
 
 @register_backbone(kind="cnn")

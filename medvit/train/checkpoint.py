@@ -22,7 +22,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise MedvitError(f"{path}: checkpoint not found (train first, or pass --checkpoint best|last|FILE)")
+        raise MedvitError(f"{path}: checkpoint not found (train first, or point at a run directory "
+                          "or a .pt file)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # pickle/zip errors from a damaged or foreign file
@@ -30,11 +31,21 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
 
 
 def resolve_checkpoint(run_or_file: str | Path, which: str = "best") -> Path:
-    """RUN_DIR + best|last -> RUN_DIR/checkpoints/<which>.pt; a file path is returned as is."""
+    """RUN_DIR + best|last -> RUN_DIR/checkpoints/<which>.pt; a file path is returned as is.
+    A run stopped (max_steps / max_wall) before its first validation has no best.pt: then
+    last.pt, with a note on stderr."""
+    import sys
+
     p = Path(run_or_file)
     if p.is_file():
         return p
-    return p / "checkpoints" / f"{which}.pt"
+    path = p / "checkpoints" / f"{which}.pt"
+    last = p / "checkpoints" / "last.pt"
+    if which == "best" and not path.is_file() and last.is_file():
+        print(f"medvit: {path} does not exist (the run stopped before its first validation); "
+              f"using {last}", file=sys.stderr)
+        return last
+    return path
 
 
 def build_model_from_checkpoint(ckpt: dict):

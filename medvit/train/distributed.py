@@ -39,6 +39,19 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
+def all_sum(d: Dist, values: list[float], device) -> list[float]:
+    """Element-wise sum over the ranks (float64); `values` as they are on a single process.
+    Every rank must call it at the same point."""
+    if not d.enabled:
+        return [float(v) for v in values]
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def shutdown(d: Dist) -> None:
     if d.enabled:
         import torch.distributed as dist

@@ -14,7 +14,7 @@ from pathlib import Path
 from medvit.config import Config, config_to_dict, save_config
 from medvit.train import logs, setup
 from medvit.train.checkpoint import load_checkpoint, save_checkpoint
-from medvit.train.distributed import Dist, barrier, init_distributed, shutdown
+from medvit.train.distributed import Dist, all_sum, barrier, init_distributed, shutdown
 from medvit.train.steps import predict_loader, train_step
 from medvit.workers import worker_context
 
@@ -39,7 +39,8 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False) -> None:
         import torch
 
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.cfg, self.run_dir = setup.resolve_sizes(cfg), Path(run_dir)
+        cfg = self.cfg
         self.device = setup.pick_device(cfg.train.device)
         self.dist: Dist = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
@@ -163,11 +164,18 @@ class Trainer:
         shutdown(self.dist)
         return summary
 
-    def _limit_reason(self, t0: float) -> str:
+    def _wall_hit(self, t0: float) -> bool:
+        return bool(self.cfg.train.max_wall) and time.perf_counter() - t0 >= self.cfg.train.max_wall
+
+    def _limit_reason(self, t0: float, wall: bool | None = None) -> str:
+        """Why to stop now, or "". `wall`: max_wall as all ranks agreed on it (each has its own
+        clock; one rank stopping alone would leave the others waiting in a collective)."""
         t = self.cfg.train
         if t.max_steps and self.c.step >= t.max_steps:
             return f"max_steps={t.max_steps}"
-        if t.max_wall and time.perf_counter() - t0 >= t.max_wall:
+        if wall is None:
+            wall = all_sum(self.dist, [self._wall_hit(t0)], self.device)[0] > 0
+        if wall:
             return f"max_wall={t.max_wall:g}s"
         if self.c.epoch >= t.epochs:
             return f"epochs={t.epochs}"
@@ -190,21 +198,24 @@ class Trainer:
         tick, n_tick = time.perf_counter(), 0
         for batch, (images, labels) in bar:
             out = train_step(self, images, labels)
+            # this step over all ranks, so every rank holds (and checkpoints) the same counters
+            loss_sum, errors, n, wall = all_sum(
+                self.dist, [out["loss"] * out["n"], out["errors"], out["n"], self._wall_hit(t0)], self.device)
             c.batch, c.step = c.batch + 1, c.step + 1
-            c.epoch_loss += out["loss"] * out["n"]
-            c.epoch_errors += out["errors"]
-            c.epoch_seen += out["n"]
-            n_tick += out["n"]
+            c.epoch_loss += loss_sum
+            c.epoch_errors += int(errors)
+            c.epoch_seen += int(n)
+            n_tick += int(n)
             if self.cfg.train.sample_log:
                 self.log.samples(self.dist.rank, c.epoch, c.step, [self.data.train.ids[i] for i in batch])
             if c.step % self.cfg.train.log_every == 0:
-                rate = n_tick * self.dist.world_size / max(time.perf_counter() - tick, 1e-9)
-                self.log.step(c.step, c.epoch, out["loss"], self.optimizer.param_groups[0]["lr"], rate)
+                rate = n_tick / max(time.perf_counter() - tick, 1e-9)
+                self.log.step(c.step, c.epoch, loss_sum / max(n, 1), self.optimizer.param_groups[0]["lr"], rate)
                 tick, n_tick = time.perf_counter(), 0
             if self.cfg.train.ckpt_every and c.step % self.cfg.train.ckpt_every == 0:
                 c.elapsed = time.perf_counter() - t0
                 self._save("last")
-            c.stop_reason = self._limit_reason(t0) if c.batch < len(self.sampler) else ""
+            c.stop_reason = self._limit_reason(t0, wall > 0) if c.batch < len(self.sampler) else ""
             if c.stop_reason:
                 break
         bar.close()
@@ -237,14 +248,17 @@ class Trainer:
             c.stop_reason = f"train error unchanged for {flat} epochs"
 
     def _update_best(self, row: dict) -> None:
-        value = row.get(self.cfg.train.monitor)
+        name, value = self.cfg.train.monitor, row.get(self.cfg.train.monitor)
         if value is None or (isinstance(value, float) and math.isnan(value)):
+            # e.g. val_auc with one class in the validation fold: fall back to the loss, and say so
+            self.log.info(f"epoch {row['epoch']}: {name} is undefined; judging best by val_loss")
+            name = "val_loss (negated)" if self.cfg.train.monitor_mode == "max" else "val_loss"
             value = -row["val_loss"] if self.cfg.train.monitor_mode == "max" else row["val_loss"]
         sign = 1 if self.cfg.train.monitor_mode == "max" else -1
         if self.c.best is None or sign * value > sign * self.c.best:
             self.c.best = float(value)
             self._save("best")
-            self.log.info(f"epoch {row['epoch']}: new best {self.cfg.train.monitor}={value:.4f}")
+            self.log.info(f"epoch {row['epoch']}: new best {name}={value:.4f}")
 
 
 def fit(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:

@@ -17,6 +17,25 @@ class DataBundle:
     in_chans: int
 
 
+NATIVE_SIZES = {"cifar10": 32, "mnist": 28}
+
+
+def resolve_sizes(cfg: Config) -> Config:
+    """A copy of `cfg` with data.image_size set: as given, else the data's own size (the side
+    the mammograms were ingested at, 32 for CIFAR-10, 28 for MNIST). The run saves this copy."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    if cfg.data.image_size is None:
+        if cfg.data.kind == "mammo":
+            from medvit.predict import ingest_size
+
+            cfg.data.image_size = ingest_size(cfg.data.dir)
+        else:
+            cfg.data.image_size = NATIVE_SIZES.get(cfg.data.kind, 32)
+    return cfg
+
+
 def build_data(cfg: Config) -> DataBundle:
     """The one place that knows the data kinds: mammography manifest, CIFAR-10 or MNIST files."""
     from medvit.data.transforms import build_transform
@@ -58,8 +77,9 @@ def build_sampler(cfg: Config, labels, rank: int, world: int, binary: bool):
 
     d = cfg.data
     if d.balanced and binary:
+        # drop_last=False: every negative is used each epoch (the last batch is smaller)
         return BalancedBatchSampler(labels, d.batch_size, pos_fraction=d.pos_fraction,
-                                    seed=cfg.train.seed, num_replicas=world, rank=rank)
+                                    seed=cfg.train.seed, num_replicas=world, rank=rank, drop_last=False)
     return ShuffleBatchSampler(len(labels), d.batch_size, seed=cfg.train.seed,
                                num_replicas=world, rank=rank, drop_last=True)
 
@@ -77,8 +97,8 @@ def model_spec(cfg: Config, num_classes: int, in_chans: int, binary: bool) -> di
     }
     if m.drop_rate is not None:
         kwargs["drop_rate"] = m.drop_rate
-    if backbone_kind(m.backbone) == "vit":
-        kwargs["patch_size"] = m.patch_size
+    if backbone_kind(m.backbone) == "vit" and m.patch_size is not None:
+        kwargs["patch_size"] = m.patch_size  # else the builder's default (seed ViTs: their documents')
     return {"name": m.backbone, "kwargs": kwargs}
 
 
