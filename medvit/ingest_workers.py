@@ -40,7 +40,7 @@ def _exit_with(parent: int) -> None:
 def _init_worker(parent: int | None = None) -> None:
     """One thread per worker process: the parallelism is across processes. With `parent` (the
     ingest process's pid) a daemon thread ends this worker once that process has died."""
-    if parent is not None:
+    if parent is not None and os.name == "posix":  # os.kill(pid, 0) probes only on POSIX
         threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"

@@ -12,7 +12,7 @@ runs here; CSV rows are written as batches finish to a hidden temp file, renamed
 Memory stays flat in the number of files (only three small fields per ok file are kept, for the
 per-breast table). A bad file is an error row; the run goes on.
 
-No PHI: rows carry the relative path, image_id, patient_id, laterality and view only.
+No PHI: rows carry the relative path, image_id, patient_id, laterality (+ its source) and view only.
 """
 from __future__ import annotations
 
@@ -87,7 +87,8 @@ def load_predictor(checkpoint: str | Path, *, which: str = "best", device: str =
         threshold=float(ckpt.get("threshold", 0.5)),
         image_size=int(cfg.data.image_size or kwargs.get("img_size")),
         in_chans=int(kwargs.get("in_chans", 1)),
-        ingest_size=int(size or ingest_size(cfg.data.dir if cfg.data.kind == "mammo" else None)),
+        ingest_size=int(size or ckpt.get("ingest_size")  # recorded at training; older checkpoints:
+                        or ingest_size(cfg.data.dir if cfg.data.kind == "mammo" else None)),  # the data dir
         device=dev, amp=amp_dtype(cfg, dev))
 
 

@@ -147,24 +147,26 @@ def test_marker_excluded_and_no_phi(tmp_path):
     assert "Test" not in text and "1950" not in text
 
 
-@pytest.mark.parametrize("right", [False, True])
-def test_marker_inside_the_crop_box_is_cleared(tmp_path, right):
+@pytest.mark.parametrize("right, k, syntax", [(False, 1, "explicit"), (True, 1, "explicit"),
+                                              (False, 4, "explicit"), (True, 4, "j2k")])
+def test_marker_inside_the_crop_box_is_cleared(tmp_path, right, k, syntax):
     """A marker beside the narrow top of the breast lies inside its bounding box: it must be
-    zeroed, and nothing else may change."""
-    rows, cols = 400, 320
+    zeroed, and nothing else may change. k = 4: the breast is found on a subsampled preview
+    (explicit) or a J2K resolution level, the image resampled from another level."""
+    rows, cols = 400 * k, 320 * k
     clean = breast_image(rows, cols, marker=False, seed=8)
     marked = clean.copy()
-    marked[60:75, 180:200] = 4000  # right of the ellipse's top (narrow there), inside its box
+    marked[60 * k:75 * k, 180 * k:200 * k] = 4000  # right of the ellipse's narrow top, inside its box
     if right:
         clean, marked = clean[:, ::-1].copy(), marked[:, ::-1].copy()
-    a = preprocess(write_dicom(tmp_path / "a.dcm", clean, laterality="R" if right else "L",
-                               window=(2048, 4096)), size=SIZE)
-    b = preprocess(write_dicom(tmp_path / "b.dcm", marked, laterality="R" if right else "L",
-                               window=(2048, 4096)), size=SIZE)
+    lat = "R" if right else "L"
+    a = preprocess(write_dicom(tmp_path / "a.dcm", clean, laterality=lat, syntax=syntax, window=(2048, 4096)), SIZE)
+    b = preprocess(write_dicom(tmp_path / "b.dcm", marked, laterality=lat, syntax=syntax, window=(2048, 4096)), SIZE)
+    assert (a.info["reduce"] > 0) == (syntax == "j2k")
     box = [a.info[k] for k in ("crop_y0", "crop_x0", "crop_y1", "crop_x1")]
     assert box == [b.info[k] for k in ("crop_y0", "crop_x0", "crop_y1", "crop_x1")]
-    x_in_box = (cols - 190) if right else 190
-    assert box[0] < 67 < box[2] and box[1] < x_in_box < box[3]  # the marker is inside the box
+    x_in_box = (cols - 190 * k) if right else 190 * k
+    assert box[0] < 67 * k < box[2] and box[1] < x_in_box < box[3]  # the marker is inside the box
     changed = a.image != b.image  # only where the marker was: black now (or an edge), dark air before
     assert 0 < changed.sum() < 0.02 * SIZE * SIZE
     assert (b.image[changed] < 0.05 * 65535).all() and (a.image[changed] < 0.05 * 65535).all()

@@ -219,3 +219,17 @@ def test_missing_laterality_from_the_image_and_free_text_dropped(world, tmp_path
     assert list(pred["laterality"]) == truth and (pred["laterality_source"] == "content").all()
     assert (pred["view"] == "").all() and b"MEDVITPHI" not in out.read_bytes()
     assert read(breast_csv_path(out))["n_images"].sum() == 2
+
+
+def test_ingest_size_travels_in_the_checkpoint(world, tmp_path):
+    """The training data folder may be gone where predict runs: the side is in the checkpoint."""
+    from medvit.predict import load_predictor
+    from medvit.train.checkpoint import save_checkpoint
+
+    ck = load_checkpoint(world["run"] / "checkpoints" / "best.pt")
+    assert ck["ingest_size"] == INGEST_SIZE
+    ck["config"]["data"]["dir"] = str(tmp_path / "moved-away")
+    moved = save_checkpoint(ck, tmp_path / "moved.pt")
+    assert load_predictor(moved, device="cpu").ingest_size == INGEST_SIZE
+    del ck["ingest_size"]  # a checkpoint from before: the data folder, else 512
+    assert load_predictor(save_checkpoint(ck, tmp_path / "old.pt"), device="cpu").ingest_size == 512

@@ -164,12 +164,12 @@ def test_ddp_two_cpu_ranks_disjoint_and_one_checkpoint(data_dir, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "medvit", "train", "--out", str(run), f"data.dir={data_dir}", f"data.image_size={SIZE}",
            "data.batch_size=4", "data.workers=0", "model.backbone=cnn_test", "train.epochs=1000",
-           "train.max_wall=4", "train.sample_log=true", "train.device=cpu", "train.log_every=1"]
+           "train.max_wall=6", "train.sample_log=true", "train.device=cpu", "train.log_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     counters = load_checkpoint(run / "checkpoints" / "last.pt")["counters"]
-    assert counters["stop_reason"] == "max_wall=4s" and counters["epoch"] >= 1
+    assert counters["stop_reason"] == "max_wall=6s" and counters["epoch"] >= 1
     seen = {rank: pd.read_csv(run / "samples" / f"rank{rank}.csv", names=["epoch", "step", "id"], dtype=str)
             for rank in (0, 1)}
     assert seen[0].step.astype(int).max() == seen[1].step.astype(int).max() == counters["step"]
@@ -210,3 +210,23 @@ def test_evaluate_uses_last_when_the_run_stopped_before_validating(data_dir, tmp
     assert not (run / "checkpoints" / "best.pt").exists()
     assert resolve_checkpoint(run, "best") == run / "checkpoints" / "last.pt"
     assert "before its first validation" in capsys.readouterr().err
+
+
+def test_options_that_do_not_apply_fail_instead_of_being_ignored(data_dir, tmp_path):
+    from medvit.data.benchmarks import write_cifar10
+    from medvit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="label_noise"):
+        fit(cfg_for(data_dir, "data.label_noise=0.2"), tmp_path / "a")
+    x = np.zeros((20, 32, 32, 3), np.uint8)
+    write_cifar10(tmp_path / "cifar", x, np.arange(20) % 10, x[:10], np.arange(10))
+    with pytest.raises(ConfigError, match="augment"):
+        fit(load_config(None, [f"data.dir={tmp_path / 'cifar'}", "data.kind=cifar10", "data.workers=0",
+                               "model.backbone=basic_cnn", "data.augment={hflip: 0.5}"]), tmp_path / "b")
+
+
+def test_unknown_backbone_fails_before_the_data_is_read(tmp_path):
+    from medvit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet5'"):
+        fit(load_config(None, [f"data.dir={tmp_path / 'nothing-here'}", "model.backbone=resnet5"]), tmp_path / "r")

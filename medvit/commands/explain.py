@@ -51,6 +51,7 @@ class LoadedRun:
     name: str  # backbone name (titles carry no paths or patient data)
     image_size: int
     data_dir: str | None
+    ingest_size: int | None = None  # side the training images were ingested at (checkpoint)
 
 
 def load_run(run_dir: str, which: str, device) -> LoadedRun:
@@ -67,7 +68,7 @@ def load_run(run_dir: str, which: str, device) -> LoadedRun:
                           "single-channel mammography models")
     data = (ckpt.get("config") or {}).get("data") or {}
     size = int(data.get("image_size") or kwargs.get("img_size"))
-    return LoadedRun(model, ckpt["model_spec"]["name"], size, data.get("dir"))
+    return LoadedRun(model, ckpt["model_spec"]["name"], size, data.get("dir"), ckpt.get("ingest_size"))
 
 
 def save_json(path: Path, payload: dict) -> Path:
@@ -80,8 +81,9 @@ class ImageSource:
     """IMAGE arguments -> (image_id, full-size image float [0, 1]): DICOM files through the one
     `preprocess`, image_ids from DATA_DIR's cache via the training Dataset's loader."""
 
-    def __init__(self, data_dir: str | None) -> None:
+    def __init__(self, data_dir: str | None, ingest_size: int | None = None) -> None:
         self.data_dir = data_dir
+        self.ingest_size = ingest_size
         self._frame = None
 
     def frame(self):
@@ -108,7 +110,7 @@ class ImageSource:
             from medvit.predict import ingest_size
 
             with quiet_pydicom():
-                image = preprocess(item, size=ingest_size(self.data_dir)).image
+                image = preprocess(item, size=self.ingest_size or ingest_size(self.data_dir)).image
             return file_id or image_stem(Path(item).name), image.astype(np.float32) / np.float32(65535)
         frame = self.frame()
         rows = frame[frame["image_id"] == item]
@@ -136,8 +138,8 @@ def explain_images(args: argparse.Namespace, primary: LoadedRun, out: Path, devi
             compare_method = resolve_method(compare.model, args.method)
         except MedvitError:  # e.g. --method rollout for a ViT compared with a CNN: the CNN's default
             compare_method = resolve_method(compare.model, "auto")
-    source = ImageSource(args.data or primary.data_dir)
-    # DICOM files are named as ingest names them: two files called x.dcm get distinct ids
+    source = ImageSource(args.data or primary.data_dir, primary.ingest_size)
+    # DICOM files are named by their stem; two called x.dcm get x-<hash of the path as given>
     file_ids = assign_image_ids([item for item in args.images if Path(item).is_file()])
     failed = 0
     for item in args.images:

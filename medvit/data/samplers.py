@@ -68,14 +68,15 @@ class _ResumableBatchSampler(Sampler):
             "seed": self.seed,
             "batch_size": self.batch_size,
             "num_replicas": self.num_replicas,
+            "drop_last": self.drop_last,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "batch_size", "num_replicas"):
+        for key in ("seed", "batch_size", "num_replicas", "drop_last"):
             if key in state and state[key] != getattr(self, key):
                 raise MedvitError(
                     f"sampler state has {key}={state[key]}, this sampler has {getattr(self, key)}: "
-                    "an exact resume needs the same seed, batch size and number of processes")
+                    "an exact resume needs the same seed, batch size, number of processes and last-batch rule")
         batch = int(state["batch"])
         if not 0 <= batch <= len(self):
             raise MedvitError(f"sampler state position {batch} is outside the epoch's {len(self)} batches")

@@ -81,7 +81,7 @@ def _preprocess(ds: Dataset, pixels: Pixels, size: int) -> Preprocessed:
     unit = clear_blobs(unit, blobs, box, scale)
     image = _place(unit, box, flip, size)
     info = header_info(ds) | {
-        "laterality": laterality or ("R" if flip else "L"),  # R breasts face right as stored
+        "laterality": laterality or ("R" if flip else "L"),  # R images have the chest wall on the right
         "laterality_source": "header" if laterality else "content",
         "voi": voi, **dict(zip(CROP_KEYS, box)), "flipped": bool(flip), "reduce": level,
         "decoder": decoder}
@@ -209,19 +209,29 @@ def find_breast(unit: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def stray_blobs(unit: np.ndarray) -> np.ndarray:
-    """Bool mask of bright regions apart from the breast (burned-in markers and labels) at
-    `unit`'s scale, grown by two pixels. A marker can lie inside the breast's bounding box
-    (beside a narrow part of an MLO view): preprocess sets these pixels to 0. Regions within
-    the crop margin of the breast are kept: they may be tissue."""
-    labels, _, best = _components(unit)
+    """Bool mask of burned-in markers and labels at `unit`'s scale, grown by two pixels: bright
+    regions apart from the breast (beyond the crop margin), small (under 10% of the breast's
+    area) and as bright as the breast's brightest 1%. A marker can lie inside the breast's
+    bounding box (beside the narrow top of an MLO view): preprocess sets these pixels to 0."""
+    labels, stats, best = _components(unit)
     if best is None:
         return np.zeros(unit.shape, bool)
     m = _margin(unit.shape)
-    breast = (labels == best).astype(np.uint8)
-    near = cv2.dilate(breast, np.ones((2 * m + 1, 2 * m + 1), np.uint8)) > 0
-    stray = (labels > 0) & ~np.isin(labels, np.unique(labels[near]))
+    breast = labels == best
+    near = cv2.dilate(breast.astype(np.uint8), np.ones((2 * m + 1, 2 * m + 1), np.uint8)) > 0
+    keep = set(np.unique(labels[near]).tolist())
+    bright = float(np.percentile(unit[breast], 99))
+    small = 0.1 * stats[best, cv2.CC_STAT_AREA]
+    stray = np.zeros(unit.shape, bool)
+    for k in range(1, len(stats)):
+        if k not in keep and stats[k, cv2.CC_STAT_AREA] < small:
+            blob = labels == k
+            if float(unit[blob].max()) >= bright:
+                stray |= blob
+    if not stray.any():
+        return stray
     grown = cv2.dilate(stray.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    return grown & (breast == 0)
+    return grown & ~breast
 
 
 def clear_blobs(unit: np.ndarray, blobs: np.ndarray, box: tuple[int, int, int, int], scale: int) -> np.ndarray:

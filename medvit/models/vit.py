@@ -26,13 +26,15 @@ def build_vit(*, num_classes: int, in_chans: int, img_size: int, patch_size: int
 
     `drop_rate` is the seed studies' "dropout": applied after adding the positions and after
     each MLP / projection layer (timm's pos/proj drop); the head is not dropped. Dropout on the
-    attention weights (`attn_drop_rate`) stays 0 unless asked for: on a CPU, SDPA with dropout
+    attention weights (`attn_drop_rate`) is 0 in the mammography ViTs (only vit_cifar, 64 tokens,
+    uses it, as its document does): on a CPU, SDPA with dropout
     falls back to the unfused kernel (measured at patch 8 / 512 px, batch 2: 160 s and 21.5 GB
     per step against 13 s and 1.7 GB). `timm_name` names the timm model whose ImageNet weights match
     (only used with pretrained=True).
     """
     if img_size % patch_size:
-        raise ConfigError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        raise ConfigError(f"img_size {img_size} is not a multiple of patch_size {patch_size}: "
+                          "pick --image-size (data.image_size) as a multiple of the patch")
     if embed_dim % num_heads:
         raise ConfigError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
     import_timm()  # the guard must run before any `from timm ...` import

@@ -39,6 +39,9 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False) -> None:
         import torch
 
+        from medvit.models import backbone_kind
+
+        backbone_kind(cfg.model.backbone)  # an unknown name fails before any data is read
         self.cfg, self.run_dir = setup.resolve_sizes(cfg), Path(run_dir)
         cfg = self.cfg
         self.device = setup.pick_device(cfg.train.device)
@@ -47,6 +50,7 @@ class Trainer:
             self.device = setup.pick_device(cfg.train.device, self.dist.local_rank)
         torch.manual_seed(cfg.train.seed)
         self.data = setup.build_data(cfg)
+        self.ingest_size = setup.ingest_size_of(cfg)  # predict/explain preprocess new DICOMs at it
         self.binary = setup.uses_bce(cfg, self.data.num_classes)
         self.sampler = setup.build_sampler(cfg, self.data.train.labels, self.dist.rank,
                                            self.dist.world_size, self.binary)
@@ -115,6 +119,7 @@ class Trainer:
             "counters": dict(vars(c)),
             "threshold": self.threshold,
             "binary": self.binary,
+            "ingest_size": self.ingest_size,
             "config": config_to_dict(self.cfg),
         }
 

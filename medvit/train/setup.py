@@ -20,6 +20,15 @@ class DataBundle:
 NATIVE_SIZES = {"cifar10": 32, "mnist": 28}
 
 
+def ingest_size_of(cfg: Config) -> int | None:
+    """The side the training mammograms were ingested at (None for CIFAR-10 / MNIST)."""
+    if cfg.data.kind != "mammo":
+        return None
+    from medvit.predict import ingest_size
+
+    return ingest_size(cfg.data.dir)
+
+
 def resolve_sizes(cfg: Config) -> Config:
     """A copy of `cfg` with data.image_size set: as given, else the data's own size (the side
     the mammograms were ingested at, 32 for CIFAR-10, 28 for MNIST). The run saves this copy."""
@@ -28,9 +37,7 @@ def resolve_sizes(cfg: Config) -> Config:
     cfg = copy.deepcopy(cfg)
     if cfg.data.image_size is None:
         if cfg.data.kind == "mammo":
-            from medvit.predict import ingest_size
-
-            cfg.data.image_size = ingest_size(cfg.data.dir)
+            cfg.data.image_size = ingest_size_of(cfg)
         else:
             cfg.data.image_size = NATIVE_SIZES.get(cfg.data.kind, 32)
     return cfg
@@ -50,10 +57,15 @@ def build_data(cfg: Config) -> DataBundle:
             val_transform=build_transform(d.augment, train=False),
             seed=cfg.train.seed,
         )
-        if d.train_size:
-            raise ConfigError("data.train_size (a training subset) is for cifar10/mnist; use folds for mammograms")
+        if d.train_size or d.label_noise:
+            raise ConfigError("data.train_size and data.label_noise (learning curves, double descent) are for "
+                              "cifar10/mnist; use folds for mammograms")
     elif d.kind in ("cifar10", "mnist"):
         from medvit.data.benchmarks import benchmark_splits
+
+        if d.augment:
+            raise ConfigError("data.augment (albumentations) is applied to mammograms only; "
+                              "remove it for cifar10/mnist")
 
         train, val = benchmark_splits(
             d.kind, d.dir, image_size=d.image_size, noise=d.label_noise,
