@@ -44,6 +44,9 @@ def eval_data(cfg, fold: int | None = None, data_dir: str | Path | None = None) 
         raise ConfigError("evaluate: pass --fold or --data, not both")
     notes: list[str] = []
     if d.kind == "mammo" and data_dir is not None:
+        if Path(data_dir).resolve() == Path(d.dir).resolve():
+            notes.append(f"{data_dir} is this run's own data folder: every labelled image is scored, "
+                         f"training folds included; these numbers are optimistic (use --fold {d.fold})")
         return EvalData(_labelled_images(cfg, Path(data_dir)),
                         {"kind": d.kind, "dir": str(data_dir), "fold": None, "split": "all labelled ok images"},
                         notes)

@@ -84,6 +84,12 @@ def test_not_dicom_and_unreadable(tmp_path):
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     assert_reason(png, "not_dicom")
     assert_reason(tmp_path / "missing.dcm", "unreadable")
+    junk = tmp_path / "junk.dcm"  # the preamble and magic, then random bytes
+    junk.write_bytes(bytes(128) + b"DICM" + np.random.default_rng(0).bytes(4000))
+    assert "SOP class" in assert_reason(junk, "not_dicom").detail
+    zeros = tmp_path / "zeros.dcm"  # no preamble, no tag: refused without a forced parse
+    zeros.write_bytes(bytes(1 << 20))
+    assert "no DICOM tag" in assert_reason(zeros, "not_dicom").detail
 
 
 def test_unsupported_syntax_and_decode_failure(small, tmp_path):

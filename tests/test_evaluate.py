@@ -100,6 +100,7 @@ def test_other_fold_and_data_dir(mammo_run, tmp_path):
     m = evaluate(mammo_run, data_dir=data_dir, n_boot=50, out=tmp_path / "all", device="cpu")
     assert m["n"] == 48 and m["per_breast"]["n_breasts"] == 24
     assert len(pd.read_csv(tmp_path / "all" / "predictions.csv")) == 48
+    assert any("this run's own data folder" in n for n in m["notes"])  # training images included
 
 
 def test_cli_in_process(mammo_run, tmp_path, capsys):

@@ -111,6 +111,9 @@ def check_header(ds: Dataset, path: str | Path) -> None:
         # pydicom returns an empty dataset when the file ends inside encapsulated pixel data
         if len(ds) == 0 and PIXEL_TAG in Path(path).read_bytes():  # error path only
             raise DicomError(path, "truncated", "file ends inside the pixel data")
+        if "MediaStorageSOPClassUID" not in ds.file_meta and not any(
+                k in ds for k in ("SOPClassUID", "Modality", "StudyInstanceUID")):
+            raise DicomError(path, "not_dicom", "a DICM preamble, but no SOP class, modality or study UID")
         raise DicomError(path, "no_pixel_data", f"SOP class {ds.get('SOPClassUID', '?')}")
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
