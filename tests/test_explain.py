@@ -228,6 +228,7 @@ def test_gradcam_releases_hooks_also_after_an_exception():
     cam = gradcam(model, images(4))  # per-image predicted class: grouped by target
     assert cam.shape == (4, SIZE, SIZE)
     assert hooks_left(model) == []
+    assert all(p.grad is None for p in model.parameters())  # no parameter-sized buffers left
     assert gradcam(model, images(2), target_class=2).shape == (2, SIZE, SIZE)
     with pytest.raises(RuntimeError):
         gradcam(model, torch.rand(2, 3, SIZE, SIZE))

@@ -430,3 +430,15 @@ def test_no_phi_in_any_output(rsna, tmp_path, capfd):
     assert len(blobs) > 16 + 4
     leaks = [(name, s) for name, blob in blobs.items() for s in secrets if s.encode() in blob]
     assert leaks == []
+
+
+def test_empty_or_missing_source_fails_naming_it_and_writes_nothing(tmp_path, capsys):
+    from medvit.errors import MedvitError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MedvitError, match="no input files found"):
+        ingest(tmp_path / "empty", tmp_path / "out", workers=1, progress=False)
+    assert not (tmp_path / "out").exists()
+    assert main(["ingest", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
+    assert "missing: not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
