@@ -31,6 +31,7 @@ journal, labels, rows, folds and CSV writing; `medvit.ingest_workers` the per-fi
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
@@ -49,6 +50,7 @@ from medvit.manifest import (  # noqa: F401 (re-exported: medvit.ingest.* is the
 )
 
 DEFAULT_DATA_DIR = "medvit-data"
+DEFAULT_SIZE = 512  # `medvit ingest --size`
 
 
 def usable_cores() -> int:
@@ -64,6 +66,21 @@ def settings_key(size: int) -> str:
     from medvit.dicom.normalize import VERSION
 
     return f"size={size};v={VERSION}"
+
+
+def ingest_size(data_dir: str | Path | None) -> int:
+    """The side `ingest` used for DATA_DIR (the manifest's `settings` column, `settings_key`'s
+    "size=512;v=3"), so new DICOMs are preprocessed as the training images were; 512 (the
+    `--size` default) when unknown."""
+    manifest = Path(data_dir or "") / "manifest.csv"
+    if not data_dir or not manifest.is_file():
+        return DEFAULT_SIZE
+    with open(manifest, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):  # every row carries the same key: the first one will do
+            for part in (row.get("settings") or "").split(";"):
+                if part.startswith("size=") and part[5:].isdigit():
+                    return int(part[5:])
+    return DEFAULT_SIZE
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -127,7 +144,7 @@ def ingest(
     out: str | Path = DEFAULT_DATA_DIR,
     labels: str | Path | None = None,
     label_column: str = "cancer",
-    size: int = 512,
+    size: int = DEFAULT_SIZE,
     workers: int | None = None,
     folds: int = 4,
     seed: int = 0,

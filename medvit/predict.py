@@ -29,7 +29,6 @@ import numpy as np
 from medvit.errors import ConfigError, DicomError, MedvitError, shorten
 from medvit.io import atomic_path, printable, write_text
 
-DEFAULT_INGEST_SIZE = 512  # `medvit ingest --size` default
 COLUMNS = ["path", "image_id", "patient_id", "laterality", "laterality_source", "view", "prob", "pred",
            "status", "error"]
 BREAST_COLUMNS = ["patient_id", "laterality", "prob_mean", "prob_max", "n_images", "pred"]
@@ -52,29 +51,12 @@ class Predictor:
     amp: Any  # autocast dtype or None
 
 
-def ingest_size(data_dir: str | Path | None) -> int:
-    """The side `medvit ingest` used for DATA_DIR (manifest `settings` column, "size=512;v=1"),
-    so a DICOM here is preprocessed exactly as the training images were; 512 when unknown."""
-    import pandas as pd
-
-    manifest = Path(data_dir or "") / "manifest.csv"
-    if data_dir and manifest.is_file():
-        try:
-            settings = pd.read_csv(manifest, usecols=lambda c: c == "settings", dtype=str)
-        except (ValueError, OSError):
-            return DEFAULT_INGEST_SIZE
-        for value in settings.get("settings", pd.Series(dtype=str)).dropna():
-            for part in value.split(";"):
-                if part.startswith("size="):
-                    return int(part[5:])
-    return DEFAULT_INGEST_SIZE
-
-
 def load_predictor(checkpoint: str | Path, *, which: str = "best", device: str = "auto",
                    size: int | None = None) -> Predictor:
     """Model + settings from a checkpoint file or a run dir (RUN_DIR/checkpoints/<which>.pt)."""
     from medvit.config import config_from_dict
-    from medvit.train.checkpoint import build_model_from_checkpoint, load_checkpoint, resolve_checkpoint
+    from medvit.train.checkpoint import (build_model_from_checkpoint, checkpoint_ingest_size, load_checkpoint,
+                                         resolve_checkpoint)
     from medvit.train.setup import amp_dtype, pick_device
 
     ckpt = load_checkpoint(resolve_checkpoint(checkpoint, which))
@@ -87,8 +69,7 @@ def load_predictor(checkpoint: str | Path, *, which: str = "best", device: str =
         threshold=float(ckpt.get("threshold", 0.5)),
         image_size=int(cfg.data.image_size or kwargs.get("img_size")),
         in_chans=int(kwargs.get("in_chans", 1)),
-        ingest_size=int(size or ckpt.get("ingest_size")  # recorded at training; older checkpoints:
-                        or ingest_size(cfg.data.dir if cfg.data.kind == "mammo" else None)),  # the data dir
+        ingest_size=int(size or checkpoint_ingest_size(ckpt)),
         device=dev, amp=amp_dtype(cfg, dev))
 
 
@@ -186,7 +167,7 @@ def result_rows(p: Predictor, items: list[dict], probs: np.ndarray | None, rels:
     for it in items:
         rel = rels[it["index"]]
         row = {"path": printable(rel), "image_id": ids[rel], **dict.fromkeys(META_KEYS, ""),
-               "prob": "", "pred": "", "status": "error", "error": it["error"]}
+               "prob": "", "pred": "", "status": "error", "error": printable(it["error"])}
         if it["error"] == "":
             row.update(it["meta"], status="ok")
             pr = probs[k]
@@ -316,7 +297,7 @@ def predict_folder(folder: str | Path, checkpoint: str | Path, out: str | Path =
                disable=not (sys.stderr.isatty() if progress is None else progress))
     try:
         with model_threads(p.device, workers), atomic_path(out) as tmp, \
-                open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline="") as f:
+                open(tmp, "w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             got, n_overlays = _stream(p, loader, writer, f, rels, ids, t, overlays, method, bar)

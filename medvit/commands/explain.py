@@ -51,12 +51,13 @@ class LoadedRun:
     name: str  # backbone name (titles carry no paths or patient data)
     image_size: int
     data_dir: str | None
-    ingest_size: int | None = None  # side the training images were ingested at (checkpoint)
+    ingest_size: int  # side the training images were ingested at: DICOMs are preprocessed so
 
 
 def load_run(run_dir: str, which: str, device) -> LoadedRun:
     from medvit.errors import ConfigError
-    from medvit.train.checkpoint import build_model_from_checkpoint, load_checkpoint, resolve_checkpoint
+    from medvit.train.checkpoint import (build_model_from_checkpoint, checkpoint_ingest_size, load_checkpoint,
+                                         resolve_checkpoint)
 
     # best | last inside RUN_DIR (or RUN_DIR itself when it is a file); anything else is a FILE
     path = resolve_checkpoint(run_dir, which) if which in ("best", "last") else Path(which)
@@ -68,7 +69,7 @@ def load_run(run_dir: str, which: str, device) -> LoadedRun:
                           "single-channel mammography models")
     data = (ckpt.get("config") or {}).get("data") or {}
     size = int(data.get("image_size") or kwargs.get("img_size"))
-    return LoadedRun(model, ckpt["model_spec"]["name"], size, data.get("dir"), ckpt.get("ingest_size"))
+    return LoadedRun(model, ckpt["model_spec"]["name"], size, data.get("dir"), checkpoint_ingest_size(ckpt))
 
 
 def save_json(path: Path, payload: dict) -> Path:
@@ -81,7 +82,7 @@ class ImageSource:
     """IMAGE arguments -> (image_id, full-size image float [0, 1]): DICOM files through the one
     `preprocess`, image_ids from DATA_DIR's cache via the training Dataset's loader."""
 
-    def __init__(self, data_dir: str | None, ingest_size: int | None = None) -> None:
+    def __init__(self, data_dir: str | None, ingest_size: int) -> None:
         self.data_dir = data_dir
         self.ingest_size = ingest_size
         self._frame = None
@@ -107,10 +108,8 @@ class ImageSource:
         if Path(item).is_file():
             from medvit.dicom.normalize import preprocess
             from medvit.ingest_workers import quiet_pydicom  # pydicom warnings can quote PHI
-            from medvit.predict import ingest_size
-
             with quiet_pydicom():
-                image = preprocess(item, size=self.ingest_size or ingest_size(self.data_dir)).image
+                image = preprocess(item, size=self.ingest_size).image
             return file_id or image_stem(Path(item).name), image.astype(np.float32) / np.float32(65535)
         frame = self.frame()
         rows = frame[frame["image_id"] == item]

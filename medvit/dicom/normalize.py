@@ -66,8 +66,8 @@ def _preprocess(ds: Dataset, pixels: Pixels, size: int) -> Preprocessed:
     step = 2 ** (preview_level - level)  # non-J2K (or failed level): subsample the decode
     small = detection_view(raw[::step, ::step], ds, mono1)
     scale = 2**level * step
-    box = scale_box(find_breast(small), scale, pixels.rows, pixels.cols)
-    blobs = stray_blobs(small)
+    small_box, blobs = find_breast(small)
+    box = scale_box(small_box, scale, pixels.rows, pixels.cols)
     laterality = laterality_of(ds)
     flip = laterality == "R" if laterality else tissue_on_right(
         small[box[0] // scale: -(-box[2] // scale), box[1] // scale: -(-box[3] // scale)])
@@ -195,43 +195,33 @@ def _margin(shape: tuple[int, ...]) -> int:
     return max(2, round(0.01 * max(shape)))
 
 
-def find_breast(unit: np.ndarray) -> tuple[int, int, int, int]:
-    """Bounding box (y0, x0, y1, x1) of the largest bright connected region of a small
-    tissue-bright [0, 1] image, with a small margin. Separate blobs (burned-in labels,
-    markers) are left out. An empty or flat image gives the whole image."""
+def find_breast(unit: np.ndarray) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """On a small tissue-bright [0, 1] image: the bounding box (y0, x0, y1, x1) of the largest
+    bright connected region, with a small margin (the whole image when empty or flat), and a
+    bool mask of the burned-in markers and labels to clear inside it.
+
+    Markers are regions apart from the breast (beyond the margin), small (under 10% of its
+    area) and as bright as its brightest 1%, grown by two pixels; one can lie inside the box,
+    beside the narrow top of an MLO view. Regions near the breast are kept: they may be tissue."""
     h, w = unit.shape
-    _, stats, best = _components(unit)
-    if best is None:
-        return 0, 0, h, w
-    x, y, bw, bh = (int(v) for v in stats[best, :4])
-    m = _margin(unit.shape)
-    return max(0, y - m), max(0, x - m), min(h, y + bh + m), min(w, x + bw + m)
-
-
-def stray_blobs(unit: np.ndarray) -> np.ndarray:
-    """Bool mask of burned-in markers and labels at `unit`'s scale, grown by two pixels: bright
-    regions apart from the breast (beyond the crop margin), small (under 10% of the breast's
-    area) and as bright as the breast's brightest 1%. A marker can lie inside the breast's
-    bounding box (beside the narrow top of an MLO view): preprocess sets these pixels to 0."""
     labels, stats, best = _components(unit)
     if best is None:
-        return np.zeros(unit.shape, bool)
+        return (0, 0, h, w), np.zeros(unit.shape, bool)
+    x, y, bw, bh = (int(v) for v in stats[best, :4])
     m = _margin(unit.shape)
+    box = max(0, y - m), max(0, x - m), min(h, y + bh + m), min(w, x + bw + m)
     breast = labels == best
     near = cv2.dilate(breast.astype(np.uint8), np.ones((2 * m + 1, 2 * m + 1), np.uint8)) > 0
-    keep = set(np.unique(labels[near]).tolist())
-    bright = float(np.percentile(unit[breast], 99))
-    small = 0.1 * stats[best, cv2.CC_STAT_AREA]
-    stray = np.zeros(unit.shape, bool)
-    for k in range(1, len(stats)):
-        if k not in keep and stats[k, cv2.CC_STAT_AREA] < small:
-            blob = labels == k
-            if float(unit[blob].max()) >= bright:
-                stray |= blob
-    if not stray.any():
-        return stray
-    grown = cv2.dilate(stray.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    return grown & ~breast
+    peak = np.zeros(len(stats), np.float32)  # brightest value of every region, in one pass
+    np.maximum.at(peak, labels.ravel(), unit.ravel())
+    marker = (stats[:, cv2.CC_STAT_AREA] < 0.1 * stats[best, cv2.CC_STAT_AREA]) & (
+        peak >= np.percentile(unit[breast], 99))
+    marker[0] = False  # the background
+    marker[np.unique(labels[near])] = False
+    if not marker.any():
+        return box, np.zeros(unit.shape, bool)
+    grown = cv2.dilate(marker[labels].astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    return box, grown & ~breast
 
 
 def clear_blobs(unit: np.ndarray, blobs: np.ndarray, box: tuple[int, int, int, int], scale: int) -> np.ndarray:
@@ -348,7 +338,6 @@ def header_info(ds: Dataset) -> dict:
     """Plain, PHI-free header facts for the manifest."""
     return {
         "patient_id": str(ds.get("PatientID", "") or ""),
-        "laterality": laterality_of(ds),
         "view": defined_term(ds.get("ViewPosition", ""), VIEWS),
         "rows": int(ds.Rows),
         "columns": int(ds.Columns),

@@ -48,6 +48,17 @@ def resolve_checkpoint(run_or_file: str | Path, which: str = "best") -> Path:
     return path
 
 
+def checkpoint_ingest_size(ckpt: dict) -> int:
+    """The side the run's training images were ingested at: recorded in the checkpoint, else
+    (older checkpoints) read from the run's data folder, else 512."""
+    from medvit.ingest import ingest_size
+
+    if ckpt.get("ingest_size"):
+        return int(ckpt["ingest_size"])
+    data = (ckpt.get("config") or {}).get("data") or {}
+    return ingest_size(data.get("dir") if data.get("kind", "mammo") == "mammo" else None)
+
+
 def build_model_from_checkpoint(ckpt: dict):
     """Rebuild the backbone recorded in a checkpoint and load its (EMA if present) weights."""
     from medvit.models import create_backbone

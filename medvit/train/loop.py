@@ -42,7 +42,8 @@ class Trainer:
         from medvit.models import backbone_kind
 
         backbone_kind(cfg.model.backbone)  # an unknown name fails before any data is read
-        self.cfg, self.run_dir = setup.resolve_sizes(cfg), Path(run_dir)
+        self.ingest_size = setup.ingest_size_of(cfg)  # in checkpoints: predict/explain preprocess at it
+        self.cfg, self.run_dir = setup.resolve_sizes(cfg, self.ingest_size), Path(run_dir)
         cfg = self.cfg
         self.device = setup.pick_device(cfg.train.device)
         self.dist: Dist = init_distributed(self.device.type)
@@ -50,7 +51,6 @@ class Trainer:
             self.device = setup.pick_device(cfg.train.device, self.dist.local_rank)
         torch.manual_seed(cfg.train.seed)
         self.data = setup.build_data(cfg)
-        self.ingest_size = setup.ingest_size_of(cfg)  # predict/explain preprocess new DICOMs at it
         self.binary = setup.uses_bce(cfg, self.data.num_classes)
         self.sampler = setup.build_sampler(cfg, self.data.train.labels, self.dist.rank,
                                            self.dist.world_size, self.binary)

@@ -24,22 +24,19 @@ def ingest_size_of(cfg: Config) -> int | None:
     """The side the training mammograms were ingested at (None for CIFAR-10 / MNIST)."""
     if cfg.data.kind != "mammo":
         return None
-    from medvit.predict import ingest_size
+    from medvit.ingest import ingest_size
 
     return ingest_size(cfg.data.dir)
 
 
-def resolve_sizes(cfg: Config) -> Config:
-    """A copy of `cfg` with data.image_size set: as given, else the data's own size (the side
-    the mammograms were ingested at, 32 for CIFAR-10, 28 for MNIST). The run saves this copy."""
+def resolve_sizes(cfg: Config, ingest_size: int | None) -> Config:
+    """A copy of `cfg` with data.image_size set: as given, else the data's own size
+    (`ingest_size` for mammograms, 32 for CIFAR-10, 28 for MNIST). The run saves this copy."""
     import copy
 
     cfg = copy.deepcopy(cfg)
     if cfg.data.image_size is None:
-        if cfg.data.kind == "mammo":
-            cfg.data.image_size = ingest_size_of(cfg)
-        else:
-            cfg.data.image_size = NATIVE_SIZES.get(cfg.data.kind, 32)
+        cfg.data.image_size = ingest_size or NATIVE_SIZES.get(cfg.data.kind, 32)
     return cfg
 
 
