@@ -362,8 +362,8 @@ def _marked_processes(mark: str) -> list[int]:
         try:
             if f"MEDVIT_TEST_MARK={mark}".encode() in env.read_bytes().split(b"\0"):
                 pids.append(int(env.parent.name))
-        except OSError:
-            pass
+        except OSError:  # the process ended between the listing and the read
+            continue
     return pids
 
 
