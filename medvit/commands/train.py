@@ -22,14 +22,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML config (may inherit another with `base:`), e.g. configs/mammo_vit16.yaml")
     p.add_argument("--data", help="ingest output folder (default: medvit-data) or CIFAR/MNIST folder")
     p.add_argument("--backbone", help="registered backbone, e.g. vit, vit_small, resnet18 (see `medvit train --list`)")
-    p.add_argument("--patch", type=int, choices=[8, 16, 32, 4, 2], help="ViT patch size")
+    p.add_argument("--patch", type=int, choices=[8, 16, 32, 4, 2],
+                   help="ViT patch size (default: the backbone's own: 16 for vit*, 4 for the seed ViTs)")
     p.add_argument("--out", help="run directory (default: runs/<backbone>-<time>)")
     p.add_argument("--fold", type=int, help="validation fold (the rest is trained on)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--max-wall", type=float, help="stop after this many seconds of training")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--image-size", type=int,
+                   help="model input side (default: the data's own: the ingest size, 32 CIFAR-10, 28 MNIST)")
     p.add_argument("--seed", type=int)
     p.add_argument("--pretrained", action="store_true", help="start from timm's ImageNet weights (needs the hub)")
     p.add_argument("--weights", help="start from a state dict on disk (3->1 channel stem adapted)")
