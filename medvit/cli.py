@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from typing import Sequence
 
@@ -38,9 +39,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # dotted.key=value
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse `argv`; a command with a positional `overrides` (key=value) list accepts them
+    anywhere among its flags, in any order (`train --backbone x data.kind=mnist --max-steps 20
+    data.workers=0`). argparse stops the positional list at the first flag, and its
+    `parse_intermixed_args` refuses parsers with subcommands, so the key=value items it leaves
+    over are collected here, in the order given. Anything else left over is an error."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list):
+        stray = [item for item in extra if not OVERRIDE.match(item)]
+        if not stray:
+            args.overrides = args.overrides + extra
+            return args
+        extra = stray
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if args.command is None:
         parser.print_help()
         return 0

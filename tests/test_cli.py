@@ -45,3 +45,28 @@ def test_medvit_error_becomes_exit_2(capsys, tmp_path):
     rc = main(["train", "--config", str(tmp_path / "missing.yaml")])
     assert rc == 2
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_overrides_and_flags_intermixed():
+    """Issue 11: `train --backbone basic_cnn data.kind=mnist --max-steps 20 data.workers=0` was
+    'unrecognized arguments: data.workers=0'."""
+    from medvit.cli import build_parser, parse_args
+    from medvit.commands.train import build_config
+
+    argv = ["train", "--backbone", "cnn_test", "data.kind=mnist", "--max-steps", "20", "data.workers=0",
+            "--seed", "3", "optim.lr=0.1"]
+    args = parse_args(build_parser(), argv)
+    assert args.overrides == ["data.kind=mnist", "data.workers=0", "optim.lr=0.1"]
+    cfg = build_config(args)
+    assert (cfg.data.kind, cfg.data.workers, cfg.train.max_steps, cfg.train.seed, cfg.optim.lr) == (
+        "mnist", 0, 20, 3, 0.1)
+
+
+def test_stray_arguments_still_rejected(capsys):
+    from medvit.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--backbone", "cnn_test", "data.kind=mnist", "--max-stepz", "3"])
+    assert "unrecognized arguments: --max-stepz 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a command without overrides takes no key=value
+        main(["evaluate", "run", "optim.lr=1"])

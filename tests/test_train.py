@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from medvit.config import load_config
+from medvit.errors import MedvitError
 from medvit.train import fit
 from medvit.train.checkpoint import build_model_from_checkpoint, load_checkpoint
 
@@ -210,6 +211,12 @@ def test_evaluate_uses_last_when_the_run_stopped_before_validating(data_dir, tmp
     assert not (run / "checkpoints" / "best.pt").exists()
     assert resolve_checkpoint(run, "best") == run / "checkpoints" / "last.pt"
     assert "before its first validation" in capsys.readouterr().err
+    # issue 11: the file path of a missing best.pt was read as a run dir ("best.pt/checkpoints/best.pt")
+    given = run / "checkpoints" / "best.pt"
+    with pytest.raises(MedvitError) as err:
+        resolve_checkpoint(given, "best")
+    assert str(err.value).startswith(f"{given}: checkpoint not found") and "has last.pt" in str(err.value)
+    assert "best.pt/checkpoints" not in str(err.value)
 
 
 def test_options_that_do_not_apply_fail_instead_of_being_ignored(data_dir, tmp_path):

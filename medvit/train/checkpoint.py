@@ -39,6 +39,8 @@ def resolve_checkpoint(run_or_file: str | Path, which: str = "best") -> Path:
     p = Path(run_or_file)
     if p.is_file():
         return p
+    if not p.is_dir():  # a file that is not there: name it and what its run does have
+        raise MedvitError(f"{p}: checkpoint not found; {_what_run_has(p)}")
     path = p / "checkpoints" / f"{which}.pt"
     last = p / "checkpoints" / "last.pt"
     if which == "best" and not path.is_file() and last.is_file():
@@ -46,6 +48,20 @@ def resolve_checkpoint(run_or_file: str | Path, which: str = "best") -> Path:
               f"using {last}", file=sys.stderr)
         return last
     return path
+
+
+def _what_run_has(path: Path) -> str:
+    """'RUN/checkpoints has last.pt' (or why nothing is there) for a checkpoint path that does
+    not exist: RUN/checkpoints/best.pt of a run that stopped before validating has only last.pt."""
+    folder = next((q for q in (path.parent, path) if q.name == "checkpoints" and q.is_dir()), None)
+    if folder is None and (path.parent / "checkpoints").is_dir():
+        folder = path.parent / "checkpoints"
+    if folder is None:
+        return "pass a .pt file or a run directory (RUN_DIR, its checkpoints/best.pt is used)"
+    have = sorted(q.name for q in folder.glob("*.pt"))
+    if not have:
+        return f"{folder} holds no checkpoint (train first)"
+    return f"{folder} has {', '.join(have)}: pass one of those files, or the run directory {folder.parent}"
 
 
 def checkpoint_ingest_size(ckpt: dict) -> int:
