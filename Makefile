@@ -26,5 +26,11 @@ test: install
 test-all: install
 	$(BIN)/python -m pytest -q -m ''
 
+# The three benchmarks, reduced to a few minutes on a laptop CPU (ratios, not absolute speeds).
+bench: install
+	$(BIN)/python pipelines/bench_ingest.py --per-syntax 8
+	$(BIN)/python pipelines/bench_train.py --steps 5 --warmup 1 --image-size 128
+	$(BIN)/python pipelines/bench_predict.py --patients 6 --repeats 2 --image-size 128
+
 clean:
 	rm -rf demo-out .pytest_cache
