@@ -99,13 +99,37 @@ def _yaml():
     return yaml
 
 
+# The YAML files of the repository's top-level configs/, shipped in the package: medvit/configs is
+# a link to ../configs in a checkout (and in an editable install); the wheel holds the files.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped with medvit (`demo_cnn`, `mammo_vit16`, ...)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def find_config(name: str | Path, relative_to: Path | None = None) -> Path:
+    """A config file by path (relative to `relative_to` for a `base:`, else to the working
+    directory) or, failing that, a packaged config by name (`demo_cnn` or `demo_cnn.yaml`)."""
+    given = Path(name)
+    path = (relative_to / given) if relative_to is not None and not given.is_absolute() else given
+    if path.is_file():
+        return path.resolve()
+    stem = given.name[:-5] if given.name.endswith(".yaml") else given.name
+    packaged = CONFIG_DIR / f"{stem}.yaml"
+    if len(given.parts) == 1 and packaged.is_file():
+        return packaged.resolve()
+    raise ConfigError(f"{path}: config file not found, and no packaged config is named {stem!r}: "
+                      f"{suggest(stem, packaged_configs())}")
+
+
 def read_yaml_with_bases(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
-    """Read a YAML file, merging it over its `base:` (a path relative to the file) recursively."""
-    path = Path(path).resolve()
+    """Read a YAML file (a path, or a packaged config's name), merging it over its `base:`
+    (a path relative to the file, else a packaged config's name) recursively."""
+    path = find_config(path)
     if path in _seen:
         raise ConfigError(f"{path}: `base:` cycle ({' -> '.join(str(p) for p in _seen)})")
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
     with open(path, encoding="utf-8") as f:
         data = _yaml().safe_load(f) or {}
     if not isinstance(data, dict):
@@ -113,7 +137,7 @@ def read_yaml_with_bases(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict
     base = data.pop("base", None)
     if base is None:
         return data
-    return deep_merge(read_yaml_with_bases(path.parent / base, _seen + (path,)), data)
+    return deep_merge(read_yaml_with_bases(find_config(base, relative_to=path.parent), _seen + (path,)), data)
 
 
 def deep_merge(base: dict, child: dict) -> dict:

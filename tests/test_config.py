@@ -104,3 +104,20 @@ def test_save_and_read_back_identically(tmp_path):
     path = save_config(cfg, tmp_path / "run" / "config.yaml")
     assert load_config(path) == cfg
     assert [p.name for p in path.parent.iterdir()] == ["config.yaml"]  # no temp file left
+
+
+def test_packaged_config_by_name_from_anywhere(tmp_path, monkeypatch):
+    """Issue 11: `--config demo_cnn` finds the packaged file; `base:` resolves by name too."""
+    from medvit.config import packaged_configs
+
+    expected = load_config(CONFIGS / "demo_cnn.yaml")
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    assert {"defaults", "demo_cnn", "demo_vit", "mammo_vit16"} <= set(packaged_configs())
+    assert load_config("demo_cnn") == expected == load_config("demo_cnn.yaml")
+    write(tmp_path / "mine.yaml", {"base": "demo_cnn", "train": {"epochs": 2}})  # no demo_cnn.yaml beside it
+    cfg = load_config(tmp_path / "mine.yaml")
+    assert cfg.model.backbone == "resnet10t" and cfg.train.epochs == 2
+    with pytest.raises(ConfigError, match="demo_cn.*demo_cnn"):
+        load_config("demo_cn")
+    write(tmp_path / "demo_cnn.yaml", {"train": {"epochs": 7}})  # a file by path wins over the name
+    assert load_config("demo_cnn.yaml").train.epochs == 7

@@ -18,8 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a ViT or CNN backbone on ingested mammograms (or CIFAR-10/MNIST)",
                        description="Train one backbone. Settings come from the defaults, then --config YAML, "
                                    "then the flags, then key=value overrides (e.g. optim.lr=3e-4).")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    p.add_argument("--config", help="YAML config (may inherit another with `base:`), e.g. configs/mammo_vit16.yaml")
+    from medvit.config import packaged_configs
+
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted config overrides, before, between or after the flags")
+    p.add_argument("--config", help="a YAML file (may inherit another with `base:`) or a packaged config by "
+                                    f"name: {', '.join(packaged_configs())}")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (defaults <- --config <- flags <- overrides) as YAML and exit")
     p.add_argument("--data", help="ingest output folder (default: medvit-data) or CIFAR/MNIST folder")
     p.add_argument("--backbone", help="registered backbone, e.g. vit, vit_small, resnet18 (see `medvit train --list`)")
     p.add_argument("--patch", type=int, choices=[8, 16, 32, 4, 2],
@@ -57,9 +63,16 @@ def run(args: argparse.Namespace) -> int:
 
         print("\n".join(list_backbones()))
         return 0
+    cfg = build_config(args)
+    if args.print_config:
+        import yaml
+
+        from medvit.config import config_to_dict
+
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+        return 0
     from medvit.train import fit
 
-    cfg = build_config(args)
     run_dir = Path(args.resume or cfg.train.out or _default_run_dir(cfg))
     cfg.train.out = str(run_dir)
     summary = fit(cfg, run_dir, resume=bool(args.resume))
