@@ -11,7 +11,7 @@ Resume and atomicity:
 - each finished file is appended (one self-contained JSON line, flushed) to
   `DIR/.ingest-journal.jsonl`; a torn or unreadable line is ignored.
 - a rerun skips a file whose journal record has the same relative path, size, mtime_ns, image_id
-  and settings key (`size=512;v=2`, v being `medvit.dicom.normalize.VERSION`) and, when ok, whose
+  and settings key (`size=512;v=4`, v being `medvit.dicom.normalize.VERSION`) and, when ok, whose
   `.npy` still exists. Unchanged error rows are skipped too (decoding the same bytes fails the
   same way) except reasons `internal` and `worker_crash`, which may be transient and are retried.
 - `.npy` files and every output file are written through `medvit.io.atomic_path` (a temp name
@@ -31,7 +31,6 @@ journal, labels, rows, folds and CSV writing; `medvit.ingest_workers` the per-fi
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -49,8 +48,10 @@ from medvit.manifest import (  # noqa: F401 (re-exported: medvit.ingest.* is the
     read_journal, reusable, write_csv,
 )
 
+from medvit.dicom import DEFAULT_SIZE  # noqa: E402 (`medvit ingest --size`)
+from medvit.privacy import PatientIds, patient_ids
+
 DEFAULT_DATA_DIR = "medvit-data"
-DEFAULT_SIZE = 512  # `medvit ingest --size`
 
 
 def usable_cores() -> int:
@@ -60,26 +61,31 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def settings_key(size: int) -> str:
-    """What a cached .npy depends on besides the source file: the size and the preprocessing
-    version (`medvit.dicom.normalize.VERSION`, imported here to keep `import medvit.ingest` light)."""
+def settings_key(size: int, any_modality: bool = False) -> str:
+    """What a cached .npy depends on besides the source file: the size, the preprocessing
+    version (`medvit.dicom.normalize.VERSION`, imported here to keep `import medvit.ingest` light)
+    and whether non-mammograms were accepted."""
     from medvit.dicom.normalize import VERSION
 
-    return f"size={size};v={VERSION}"
+    return f"size={size};v={VERSION}" + (";any_modality" if any_modality else "")
 
 
 def ingest_size(data_dir: str | Path | None) -> int:
     """The side `ingest` used for DATA_DIR (the manifest's `settings` column, `settings_key`'s
-    "size=512;v=3"), so new DICOMs are preprocessed as the training images were; 512 (the
-    `--size` default) when unknown."""
-    manifest = Path(data_dir or "") / "manifest.csv"
-    if not data_dir or not manifest.is_file():
+    "size=512;v=4"), so new DICOMs are preprocessed as the training images were; DEFAULT_SIZE
+    (the `--size` default) when unknown. The manifest is read by the one reader, `read_manifest`."""
+    if not data_dir or not (Path(data_dir) / "manifest.csv").is_file():
         return DEFAULT_SIZE
-    with open(manifest, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):  # every row carries the same key: the first one will do
-            for part in (row.get("settings") or "").split(";"):
-                if part.startswith("size=") and part[5:].isdigit():
-                    return int(part[5:])
+    from medvit.data.datasets import read_manifest
+
+    try:
+        settings = read_manifest(data_dir, columns=["settings"])["settings"]
+    except MedvitError:
+        return DEFAULT_SIZE
+    for key in settings.dropna().astype(str).head(1):  # every row carries the same key
+        for part in key.split(";"):
+            if part.startswith("size=") and part[5:].isdigit():
+                return int(part[5:])
     return DEFAULT_SIZE
 
 
@@ -151,14 +157,20 @@ def ingest(
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
     preprocess: Callable | None = None,
+    any_modality: bool = False,
+    id_key: str | None = None,
+    raw_patient_ids: bool = False,
 ) -> dict:
     """Ingest every file under `src` into `out`; return the summary (also saved in ingest.json).
 
     labels: a CSV with image_id + `label_column` (default `src/train.csv` when present).
     workers: processes (default: the usable cores); 1 runs in this process.
-    progress: tqdm bar on stderr (None: only when stderr is a TTY).
+    progress: tqdm bar on a terminal, plain lines otherwise (`medvit.progress`); False: neither.
     preprocess: replaces medvit.dicom.normalize.preprocess (tests); it must be a module-level
-        function `(path, size) -> Preprocessed` so worker processes can import it.
+        function `(path, size, *, any_modality) -> Preprocessed` so worker processes can import it.
+    any_modality: accept files whose Modality is not MG (else error rows `not_mammogram`).
+    id_key / raw_patient_ids: patient IDs not from the labels CSV leave as keyed pseudonyms
+        (`medvit.privacy`), raw only with raw_patient_ids.
     """
     from medvit.dicom.normalize import VERSION
 
@@ -176,6 +188,7 @@ def ingest(
     if labels_path is not None and not labels_path.is_file():
         raise ConfigError(f"{labels_path}: labels CSV not found")
     label_table = load_labels(labels_path, label_column) if labels_path else None
+    ids_policy = patient_ids(id_key, raw_patient_ids)
 
     skip = [out] + ([labels_path] if labels_path else [])
     rels = find_inputs(src, skip, only=_rsna_images_folder(src, labels_path))
@@ -187,10 +200,10 @@ def ingest(
     ids = assign_image_ids(rels)
 
     journal_path = out / JOURNAL_NAME
-    todo, done = _plan(src, out, rels, ids, size, read_journal(journal_path))
-    _process_all(todo, workers, done, journal_path, progress, preprocess)
+    todo, done = _plan(src, out, rels, ids, size, read_journal(journal_path), any_modality, ids_policy.mode)
+    _process_all(todo, workers, done, journal_path, progress, preprocess, ids_policy)
 
-    rows = build_rows(rels, done, src, label_table)
+    rows = build_rows(rels, done, src, label_table, ids_policy)
     fold_info = assign_folds(rows, folds, seed, log)
     missing = labels_without_file(label_table, rows, rels) if label_table is not None else None
     summary = _summary(rows, todo, missing, fold_info, images, started)
@@ -201,16 +214,17 @@ def ingest(
     write_text(journal_path, "".join(json.dumps(done[r], sort_keys=True) + "\n" for r in rels))
     settings = {"src": str(src), "out": str(out), "labels": str(labels_path) if labels_path else None,
                 "label_column": label_column, "size": size, "workers": workers, "folds": folds,
-                "seed": seed, "settings_key": settings_key(size), "preprocess_version": VERSION}
+                "seed": seed, "settings_key": settings_key(size, any_modality), "preprocess_version": VERSION,
+                "any_modality": any_modality, "patient_ids": "raw" if raw_patient_ids else "hmac"}
     text = json.dumps({"settings": settings, "summary": summary}, indent=2, sort_keys=True)
     write_text(out / "ingest.json", text + "\n")
     return summary
 
 
-def _plan(src: Path, out: Path, rels: list[str], ids: dict[str, str], size: int,
-          journal: dict[str, dict]) -> tuple[list[dict], dict[str, dict]]:
+def _plan(src: Path, out: Path, rels: list[str], ids: dict[str, str], size: int, journal: dict[str, dict],
+          any_modality: bool = False, id_mode: str = "raw") -> tuple[list[dict], dict[str, dict]]:
     """Split the files into tasks to run and journal records still valid (resume)."""
-    key = settings_key(size)
+    key = settings_key(size, any_modality)
     todo: list[dict] = []
     done: dict[str, dict] = {}
     for rel in rels:
@@ -218,7 +232,8 @@ def _plan(src: Path, out: Path, rels: list[str], ids: dict[str, str], size: int,
         cache = f"images/{ids[rel]}.npy"
         task = {"path": rel, "abs": str(src / rel), "image_id": ids[rel], "size": size,
                 "cache": cache, "cache_abs": str(out / cache),
-                "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns, "settings": key}
+                "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns, "settings": key,
+                "any_modality": any_modality, "ids": id_mode}
         if reusable(journal.get(rel), task, out):
             done[rel] = journal[rel]
         else:
@@ -227,15 +242,16 @@ def _plan(src: Path, out: Path, rels: list[str], ids: dict[str, str], size: int,
 
 
 def _process_all(todo: list[dict], workers: int, done: dict, journal_path: Path,
-                 progress: bool | None, preprocess: Callable | None) -> None:
-    from tqdm import tqdm
+                 progress: bool | None, preprocess: Callable | None, ids_policy: PatientIds) -> None:
+    from medvit.progress import progress_bar
 
-    disable = None if progress is None else not progress
-    bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=disable,
-               desc="ingest", smoothing=0.05, dynamic_ncols=True)
+    bar = progress_bar(total=len(todo), desc="ingest", unit="img", enabled=progress)
     journal = Journal(journal_path)
 
     def on_done(record: dict) -> None:
+        info = record.get("info") or {}
+        if "patient_id" in info:  # the header's PatientID never reaches the journal raw (opt-in aside)
+            info["patient_id"], info["patient_id_source"] = ids_policy.pseudonym(info["patient_id"])
         journal.append(record)
         done[record["path"]] = record
         bar.update(1)

@@ -7,11 +7,9 @@ A worker writes the `.npy` itself and hands back only a small journal record (se
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 import time
-import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +19,7 @@ from medvit.io import save_npy
 from medvit.manifest import INFO_COLUMNS
 
 _INFO_KEYS = set(INFO_COLUMNS) | {"patient_id", "laterality", "laterality_source", "view"}
-_TASK_KEYS = ("path", "image_id", "source_size", "source_mtime_ns", "settings")  # echoed in records
+_TASK_KEYS = ("path", "image_id", "source_size", "source_mtime_ns", "settings", "ids")  # echoed in records
 
 
 def _exit_with(parent: int) -> None:
@@ -55,25 +53,28 @@ def _init_worker(parent: int | None = None) -> None:
         pass
 
 
-def _default_preprocess(path: str, size: int) -> Any:
+def _default_preprocess(path: str, size: int, *, any_modality: bool = False) -> Any:
     from medvit.dicom.normalize import preprocess
 
-    return preprocess(path, size=size)
+    return preprocess(path, size=size, any_modality=any_modality)
 
 
 def process_one(task: dict, preprocess: Callable | None = None) -> dict:
     """Preprocess one file, write its .npy, return its journal record. Never raises on bad input.
 
     `task`: path (relative), abs, cache (relative to DIR), cache_abs, image_id, size, source_size,
-    source_mtime_ns, settings. Unexpected exceptions become reason `internal` (type name only:
-    exception messages can quote header values).
+    source_mtime_ns, settings, any_modality, ids (the patient-ID mode; the parent pseudonymises
+    the record's patient_id before it is journaled). Unexpected exceptions become reason
+    `internal` (type name only: exception messages can quote header values).
     """
     import numpy as np
+
+    from medvit.dicom.read import quiet_pydicom
 
     fn = preprocess or _default_preprocess
     try:
         with quiet_pydicom():
-            out = fn(task["abs"], task["size"])
+            out = fn(task["abs"], task["size"], any_modality=bool(task.get("any_modality")))
         image = out.image
         if image.shape != (task["size"], task["size"]) or image.dtype != np.uint16:
             raise ValueError("preprocess returned a wrong shape or dtype")
@@ -86,21 +87,6 @@ def process_one(task: dict, preprocess: Callable | None = None) -> dict:
     record = {k: task[k] for k in _TASK_KEYS}
     record.update(status="ok", reason="", error="", cache=task["cache"], info=_jsonable(info))
     return record
-
-
-@contextlib.contextmanager
-def quiet_pydicom():
-    """pydicom's warnings and log records can quote header values (PHI): keep them out of the
-    logs. The error row's reason says what went wrong."""
-    logger = logging.getLogger("pydicom")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 def _jsonable(info: dict) -> dict:

@@ -15,21 +15,24 @@ import os
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from medvit.errors import ConfigError
 from medvit.io import write_text
+
+if TYPE_CHECKING:
+    from medvit.privacy import PatientIds
 
 JOURNAL_NAME = ".ingest-journal.jsonl"
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 RETRIED_REASONS = {"internal", "worker_crash"}
 # Fields of Preprocessed.info copied to the manifest (a whitelist: nothing else can leak).
 INFO_COLUMNS = [
-    "rows", "columns", "bits_stored", "photometric", "transfer_syntax", "voi",
+    "modality", "rows", "columns", "bits_stored", "photometric", "transfer_syntax", "voi", "lut_fallback",
     "crop_y0", "crop_x0", "crop_y1", "crop_x1", "flipped", "reduce", "decoder",
 ]
 MANIFEST_COLUMNS = [
-    "image_id", "patient_id", "laterality", "laterality_source", "view", "label", "fold", "status", "reason", "error",
+    "image_id", "patient_id", "patient_id_source", "laterality", "laterality_source", "view", "label", "fold", "status", "reason", "error",
     "path", "cache", *INFO_COLUMNS, "source_size", "source_mtime_ns", "settings",
 ]
 
@@ -139,7 +142,7 @@ def reusable(record: dict | None, task: dict, out: Path) -> bool:
     if not record:
         return False
     same = all(record.get(k) == task[k] for k in
-               ("image_id", "source_size", "source_mtime_ns", "settings"))
+               ("image_id", "source_size", "source_mtime_ns", "settings", "ids"))
     if not same:
         return False
     if record.get("status") == "ok":
@@ -159,18 +162,27 @@ def _fmt(value: Any) -> str:
 
 
 def build_rows(rels: list[str], records: dict[str, dict], src: Path,
-               labels: dict[str, dict] | None) -> list[dict]:
-    """One manifest row per input file, in path order."""
+               labels: dict[str, dict] | None, ids: "PatientIds | None" = None) -> list[dict]:
+    """One manifest row per input file, in path order. patient_id: the labels CSV's, else the
+    header's (already a pseudonym in the record), else the parent folder's name, pseudonymised
+    by `ids` (`medvit.privacy.PatientIds`; None keeps it raw)."""
     stems = Counter(image_stem(r) for r in rels)
     rows = []
     for rel in rels:
         rec = records[rel]
         info = rec.get("info") or {}
         lab = _match_label(rel, stems, labels)
-        parent = rel.rsplit("/", 2)[-2] if "/" in rel else src.resolve().name
+        if lab.get("patient_id"):
+            patient, source = lab["patient_id"], "labels"
+        elif info.get("patient_id"):
+            patient, source = _fmt(info["patient_id"]), _fmt(info.get("patient_id_source"))
+        else:
+            parent = rel.rsplit("/", 2)[-2] if "/" in rel else src.resolve().name
+            patient, source = ids.pseudonym(parent, "folder") if ids is not None else (parent, "folder")
         row = {
             "image_id": rec["image_id"],
-            "patient_id": lab.get("patient_id") or _fmt(info.get("patient_id")) or parent,
+            "patient_id": patient,
+            "patient_id_source": source,
             "laterality": lab.get("laterality") or _fmt(info.get("laterality")),
             "laterality_source": "labels" if lab.get("laterality") else _fmt(info.get("laterality_source")),
             "view": lab.get("view") or _fmt(info.get("view")),

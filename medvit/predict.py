@@ -12,14 +12,16 @@ runs here; CSV rows are written as batches finish to a hidden temp file, renamed
 Memory stays flat in the number of files (only three small fields per ok file are kept, for the
 per-breast table). A bad file is an error row; the run goes on.
 
-No PHI: rows carry the relative path, image_id, patient_id, laterality (+ its source) and view only.
+No PHI: rows carry the relative path, image_id, the patient_id as a keyed pseudonym (the same one
+ingest writes, `medvit.privacy`; raw only with raw_patient_ids), modality, laterality (+ its
+source) and view only. Files whose Modality is not MG are error rows `not_mammogram` unless
+any_modality.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,11 +30,13 @@ import numpy as np
 
 from medvit.errors import ConfigError, DicomError, MedvitError, shorten
 from medvit.io import atomic_path, printable, write_text
+from medvit.privacy import PatientIds, patient_ids
 
-COLUMNS = ["path", "image_id", "patient_id", "laterality", "laterality_source", "view", "prob", "pred",
-           "status", "error"]
+COLUMNS = ["path", "image_id", "patient_id", "patient_id_source", "modality", "laterality", "laterality_source",
+           "view", "prob", "pred", "status", "error"]
 BREAST_COLUMNS = ["patient_id", "laterality", "prob_mean", "prob_max", "n_images", "pred"]
-META_KEYS = ("patient_id", "laterality", "laterality_source", "view")  # the only header fields that reach any output
+# the only header fields that reach any output; patient_id as its keyed pseudonym (medvit.privacy)
+META_KEYS = ("patient_id", "patient_id_source", "modality", "laterality", "laterality_source", "view")
 
 
 # ----------------------------------------------------------------------------- model
@@ -73,16 +77,6 @@ def load_predictor(checkpoint: str | Path, *, which: str = "best", device: str =
         device=dev, amp=amp_dtype(cfg, dev))
 
 
-def model_input(image: np.ndarray, image_size: int, in_chans: int = 1):
-    """(S, S) image from `preprocess` (uint16) or the cache loader (float in [0, 1]) -> (C, s, s)
-    float tensor, as MammoDataset builds it at validation: resize_square -> to_tensor (grey
-    repeated for C > 1)."""
-    from medvit.data.datasets import resize_square, to_tensor, unit_float
-
-    x = to_tensor(resize_square(unit_float(image), image_size))
-    return x.expand(in_chans, -1, -1).contiguous() if in_chans > 1 else x
-
-
 def forward_probs(p: Predictor, images) -> np.ndarray:
     """Probabilities (N,) or (N, C) with the trainer's own logit -> probability function."""
     import torch
@@ -113,24 +107,31 @@ class DicomFiles:
     display ((S,S) uint16 for overlays, when asked)}. Never raises on a bad file."""
 
     def __init__(self, folder: Path, rels: list[str], ingest_size: int, image_size: int,
-                 in_chans: int, keep_display: bool = False) -> None:
+                 in_chans: int, keep_display: bool = False, ids: PatientIds | None = None,
+                 any_modality: bool = False) -> None:
         self.folder, self.rels = folder, rels
         self.ingest_size, self.image_size, self.in_chans = ingest_size, image_size, in_chans
         self.keep_display = keep_display
+        self.ids = ids if ids is not None else PatientIds(None)
+        self.any_modality = any_modality
 
     def __len__(self) -> int:
         return len(self.rels)
 
     def __getitem__(self, index: int) -> dict:
         from medvit.dicom.normalize import preprocess
-        from medvit.ingest_workers import quiet_pydicom  # pydicom warnings can quote header values (PHI)
+        from medvit.dicom.read import quiet_pydicom  # pydicom warnings can quote header values (PHI)
+        from medvit.models.inputs import model_input
 
         item: dict = {"index": index, "image": None, "meta": {}, "error": "", "display": None}
         try:
             with quiet_pydicom():
-                out = preprocess(self.folder / self.rels[index], size=self.ingest_size)
+                out = preprocess(self.folder / self.rels[index], size=self.ingest_size,
+                                 any_modality=self.any_modality)
             item["image"] = model_input(out.image, self.image_size, self.in_chans)
-            item["meta"] = {k: str(out.info.get(k, "") or "") for k in META_KEYS}  # whitelist: no PHI
+            info = dict(out.info)
+            info["patient_id"], info["patient_id_source"] = self.ids.pseudonym(info.get("patient_id", ""))
+            item["meta"] = {k: str(info.get(k, "") or "") for k in META_KEYS}  # whitelist: no PHI
             if self.keep_display:
                 item["display"] = out.image
         except DicomError as err:
@@ -263,12 +264,13 @@ def model_threads(device, workers: int) -> Iterator[None]:
 def predict_folder(folder: str | Path, checkpoint: str | Path, out: str | Path = "predictions.csv", *,
                    overlays: str | Path | None = None, workers: int = 0, batch_size: int | None = None,
                    threshold: float | None = None, ingest_size: int | None = None, which: str = "best",
-                   device: str = "auto", method: str = "auto", progress: bool | None = None) -> dict:
+                   device: str = "auto", method: str = "auto", progress: bool | None = None,
+                   any_modality: bool = False, id_key: str | None = None, raw_patient_ids: bool = False) -> dict:
     """Predict every file under `folder`; write `out` and `<out stem>_per_breast.csv` (binary
-    models), and overlays into `overlays` when given. Returns a summary dict."""
+    models), and overlays into `overlays` when given. Returns a summary dict. Patient IDs are
+    pseudonymised as ingest does (`id_key`, `raw_patient_ids`: see `medvit.privacy`)."""
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
+    from medvit.progress import progress_bar
     from medvit.workers import worker_context
 
     folder, out = Path(folder), Path(out)
@@ -278,6 +280,7 @@ def predict_folder(folder: str | Path, checkpoint: str | Path, out: str | Path =
         raise ConfigError(f"--workers {workers} / --batch-size {batch_size}: workers >= 0, batch size >= 1")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold {threshold}: must lie in [0, 1]")
+    pseudonyms = patient_ids(id_key, raw_patient_ids)
     p = load_predictor(checkpoint, which=which, device=device, size=ingest_size)
     if overlays is not None:
         from medvit.explain import resolve_method
@@ -288,13 +291,13 @@ def predict_folder(folder: str | Path, checkpoint: str | Path, out: str | Path =
     rels, ids = list_dicoms(folder, skip)
     if not rels:
         raise MedvitError(f"{folder}: no input files found (hidden files are skipped)")
-    data = DicomFiles(folder, rels, p.ingest_size, p.image_size, p.in_chans, keep_display=overlays is not None)
+    data = DicomFiles(folder, rels, p.ingest_size, p.image_size, p.in_chans, keep_display=overlays is not None,
+                      ids=pseudonyms, any_modality=any_modality)
     loader = DataLoader(data, batch_size=batch_size or 16, shuffle=False, num_workers=workers,
                         collate_fn=collate, worker_init_fn=_init_worker if workers else None,
                         pin_memory=p.device.type == "cuda", prefetch_factor=2 if workers else None,
                         multiprocessing_context=worker_context() if workers else None)
-    bar = tqdm(total=len(rels), unit="img", desc="predict", file=sys.stderr,
-               disable=not (sys.stderr.isatty() if progress is None else progress))
+    bar = progress_bar(total=len(rels), desc="predict", unit="img", enabled=progress)
     try:
         with model_threads(p.device, workers), atomic_path(out) as tmp, \
                 open(tmp, "w", encoding="utf-8", newline="") as f:

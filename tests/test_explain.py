@@ -414,7 +414,7 @@ def test_cli_explain_vit_with_cnn_panel(runs, tmp_path, capsys):
 def _cls_self(runs: dict, image_id: str) -> np.ndarray:
     """CLS attention to itself per (layer, head): what the patch grid's sum misses from 1."""
     from medvit.commands.explain import load_run
-    from medvit.predict import model_input
+    from medvit.models.inputs import model_input
 
     run = load_run(str(runs["vit_test"]), "last", torch.device("cpu"))
     full = np.load(runs["vit_test"].parent / "data" / "images" / f"{image_id}.npy").astype(np.float32) / 65535

@@ -16,6 +16,7 @@ import pydicom
 import pytest
 
 from medvit.cli import main
+from medvit.privacy import patient_ids
 from medvit.dicom import synth
 from medvit.ingest import (
     DEFAULT_DATA_DIR,
@@ -124,10 +125,20 @@ def test_tree_without_suffix_or_labels(rsna, tmp_path):
     rows = read_manifest(out)
     assert [r["image_id"] for r in rows] == ["1.2.840.99.0", "1.2.840.99.1", "1.2.840.99.2"]
     assert summary["ok"] == 3 and "labelled" not in summary
+    ids = patient_ids()  # the key under the tests' XDG_CONFIG_HOME
     for r, path in zip(rows, picked):
         assert r["status"] == "ok" and r["label"] == "" and r["fold"] == "-1"
-        assert r["patient_id"] == path.parent.name  # synth writes PatientID = the RSNA patient id
+        header_id = str(pydicom.dcmread(path, stop_before_pixels=True).PatientID)
+        # no labels CSV: the header's PatientID leaves only as its keyed pseudonym (issue 11)
+        assert (r["patient_id"], r["patient_id_source"]) == ids.pseudonym(header_id)
+        assert r["patient_id"].startswith("p-") and header_id not in r["patient_id"]
     assert not (out / "missing_files.csv").exists()
+    # the explicit opt-in keeps the raw IDs (and redoes the files: the journal's ID mode changed)
+    summary = ingest(src, out, size=64, workers=1, progress=False, raw_patient_ids=True)
+    assert summary["processed"] == 3
+    rows = read_manifest(out)
+    assert [(r["patient_id"], r["patient_id_source"]) for r in rows] == [
+        (str(pydicom.dcmread(p, stop_before_pixels=True).PatientID), "header") for p in picked]
 
 
 def test_awkward_names_labels_path_and_zero_filled_files(rsna, tmp_path):
@@ -208,13 +219,13 @@ def test_bad_inputs_become_error_rows(rsna, tmp_path):
     assert again["skipped"] == len(rows) and again["errors_by_reason"] == summary["errors_by_reason"]
 
 
-def crash_on_marked(path: str, size: int):
+def crash_on_marked(path: str, size: int, *, any_modality: bool = False):
     """Test preprocess: kills its worker process on files named crash*, else the real one."""
     if Path(path).name.startswith("crash"):
         os._exit(3)
     from medvit.dicom.normalize import preprocess
 
-    return preprocess(path, size=size)
+    return preprocess(path, size=size, any_modality=any_modality)
 
 
 def test_worker_crash_is_isolated_to_its_file(rsna, tmp_path):
@@ -253,7 +264,8 @@ def test_label_rows_without_files_and_files_without_labels(rsna_copy, tmp_path, 
     assert missing == [{"image_id": gone.stem, "patient_id": gone.parent.name}]
     rows = {r["image_id"]: r for r in read_manifest(out)}
     assert rows["123"]["label"] == "" and rows["123"]["fold"] == "-1" and rows["123"]["status"] == "ok"
-    assert rows["123"]["patient_id"] == extra.parent.name
+    header_id = str(pydicom.dcmread(extra, stop_before_pixels=True).PatientID)
+    assert (rows["123"]["patient_id"], rows["123"]["patient_id_source"]) == patient_ids().pseudonym(header_id)
 
 
 def test_unknown_label_column_names_the_file(rsna, tmp_path, capsys):

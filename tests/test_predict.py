@@ -53,7 +53,11 @@ def world(tmp_path_factory) -> dict:
     phi = {"MEDVITPHI"}
     for path in sorted((synth / "train_images").rglob("*.dcm")):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        phi |= {str(ds.PatientName), str(ds.PatientBirthDate)}
+        phi |= {str(ds.get("PatientName", "")), str(ds.PatientBirthDate)}
+        if str(ds.PatientID) == str(ds.get("PatientName", "")):  # synth's "id_is_name" files
+            phi |= {str(ds.PatientID), "id_is_name"}
+    assert "id_is_name" in phi  # the case is exercised
+    phi -= {"", "id_is_name"}
     out = root / "out" / "preds.csv"
     summary = predict_folder(inbox, run, out, workers=0, batch_size=5, device="cpu", progress=False)
     return {"root": root, "data": data, "run": run, "inbox": inbox, "out": out, "summary": summary,
@@ -68,8 +72,8 @@ def test_one_row_per_file_with_status(world):
     pred = read(world["out"])
     files = sorted(p.relative_to(world["inbox"]).as_posix() for p in world["inbox"].rglob("*") if p.is_file())
     assert sorted(pred["path"]) == files and len(files) == world["n_dicoms"] + len(BAD)
-    assert list(pred.columns) == ["path", "image_id", "patient_id", "laterality", "laterality_source", "view",
-                                  "prob", "pred", "status", "error"]
+    assert list(pred.columns) == ["path", "image_id", "patient_id", "patient_id_source", "modality", "laterality",
+                                  "laterality_source", "view", "prob", "pred", "status", "error"]
     bad = pred.set_index("path").loc[list(BAD)]
     assert (bad["status"] == "error").all()
     for rel, reason in BAD.items():
@@ -77,7 +81,9 @@ def test_one_row_per_file_with_status(world):
         assert bad.at[rel, "prob"] == ""
     ok = pred[pred["status"] == "ok"]
     assert len(ok) == world["n_dicoms"] and (ok["error"] == "").all()
-    assert ok["laterality"].isin(["L", "R"]).all() and ok["view"].isin(["CC", "MLO"]).all()
+    assert ok["laterality"].isin(["L", "R"]).all() and ok["view"].isin(["CC", "MLO", ""]).all()
+    assert set(ok["modality"]) == {"MG", ""}  # synth's stripped files carry no Modality, like RSNA's
+    assert (ok["patient_id_source"] == "header_hmac").all() and ok["patient_id"].str.startswith("p-").all()
     assert (ok["laterality_source"] == "header").all()
     assert ok["prob"].astype(float).between(0, 1).all()
     s = world["summary"]
@@ -98,10 +104,27 @@ def test_probabilities_equal_the_training_path(world):
     ok = pred[pred["status"] == "ok"].set_index("image_id")
     assert sorted(ok.index) == sorted(ids)
     np.testing.assert_allclose(ok.loc[ids, "prob"].astype(float).to_numpy(), probs, rtol=0, atol=1e-5)
-    # the manifest's patient ids and laterality are what predict reports
+    # the manifest's laterality is what predict reports
     meta = frame.set_index("image_id").loc[ids]
-    assert (ok.loc[ids, "patient_id"].to_numpy() == meta["patient_id"].to_numpy()).all()
     assert (ok.loc[ids, "laterality"].to_numpy() == meta["laterality"].to_numpy()).all()
+
+
+def test_same_patient_same_pseudonym_in_ingest_and_predict(world, tmp_path):
+    """Issue 11: a header PatientID leaves as one stable, keyed pseudonym, in ingest and predict alike."""
+    ingest(world["inbox"], tmp_path / "data", size=INGEST_SIZE, workers=1, progress=False, log=lambda m: None)
+    manifest = read_manifest(tmp_path / "data").set_index("image_id")
+    ok = read(world["out"]).query("status == 'ok'").set_index("image_id")
+    assert (manifest.loc[ok.index, "patient_id"] == ok["patient_id"]).all()
+    assert (manifest.loc[ok.index, "patient_id_source"] == "header_hmac").all()
+    assert ok["patient_id"].nunique() == 3  # three synth patients
+    again = predict_folder(world["inbox"], world["run"], tmp_path / "k.csv", device="cpu", progress=False,
+                           id_key="another secret")
+    other = read(tmp_path / "k.csv").query("status == 'ok'").set_index("image_id")
+    assert again["ok"] == len(ok) and not set(other["patient_id"]) & set(ok["patient_id"])  # another key
+    predict_folder(world["inbox"], world["run"], tmp_path / "raw.csv", device="cpu", progress=False,
+                   raw_patient_ids=True)
+    raw = read(tmp_path / "raw.csv").query("status == 'ok'")
+    assert (raw["patient_id_source"] == "header").all() and not raw["patient_id"].str.startswith("p-").any()
 
 
 def test_threshold_from_checkpoint_and_override(world, tmp_path):

@@ -82,13 +82,27 @@ def test_files_match_rows_one_to_one(data, table):
     assert leftovers == []
 
 
+def style(table, r) -> str:
+    """The header style of a row's patient (synth.STYLES by the patient's index)."""
+    order = sorted(table["patient_id"].unique())
+    return synth.STYLES[order.index(r.patient_id) % len(synth.STYLES)]
+
+
 def test_required_tags(table, files):
     uids = set()
     for r in table.itertuples():
         ds = files[r.image_id]
-        assert ds.SOPClassUID == synth.MAMMO_SOP_CLASS == ds.file_meta.MediaStorageSOPClassUID
-        assert ds.Modality == "MG" and ds.PatientID == str(r.patient_id)
-        assert ds.ImageLaterality == r.laterality and ds.ViewPosition == r.view
+        assert ds.file_meta.MediaStorageSOPClassUID == synth.MAMMO_SOP_CLASS
+        assert ds.ImageLaterality == r.laterality
+        if style(table, r) == "stripped":  # like RSNA's own files
+            assert all(keyword not in ds for keyword in synth.STRIPPED)
+        else:
+            assert ds.SOPClassUID == synth.MAMMO_SOP_CLASS and ds.Modality == "MG"
+            assert ds.ViewPosition == r.view and ds.Laterality == r.laterality
+        if style(table, r) == "id_is_name":
+            assert ds.PatientID == str(ds.PatientName) and synth.PHI_MARKER in ds.PatientID
+        else:
+            assert ds.PatientID == str(r.patient_id)
         assert ds.BitsAllocated == 16 and ds.BitsStored in (12, 14, 16) and ds.HighBit == ds.BitsStored - 1
         assert ds.PixelRepresentation == 0 and ds.SamplesPerPixel == 1
         machine = next(m for m in synth.MACHINES if m.machine_id == r.machine_id)
@@ -191,12 +205,15 @@ def test_phi_fields_carry_the_marker(data, table, files):
     people = ("PatientName", "InstitutionName", "InstitutionAddress", "ReferringPhysicianName",
               "OperatorsName", "ImageComments")
     assert set(people) < set(synth.PHI_KEYWORDS)
+    assert {style(table, r) for r in table.itertuples()} == set(synth.STYLES)
     for r in table.itertuples():
         ds = files[r.image_id]
+        stripped = synth.STRIPPED if style(table, r) == "stripped" else ()
         for keyword in synth.PHI_KEYWORDS:
-            assert str(ds.get(keyword, "")), keyword
+            assert bool(str(ds.get(keyword, "") or "")) != (keyword in stripped), keyword
         for keyword in people:
-            assert synth.PHI_MARKER in str(ds.get(keyword)), keyword
+            if keyword not in stripped:
+                assert synth.PHI_MARKER in str(ds.get(keyword)), keyword
         birth = dt.datetime.strptime(ds.PatientBirthDate, "%Y%m%d")
         study = dt.datetime.strptime(ds.StudyDate, "%Y%m%d")
         assert abs((study - birth).days / 365.25 - r.age) <= 1

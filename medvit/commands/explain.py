@@ -107,7 +107,7 @@ class ImageSource:
 
         if Path(item).is_file():
             from medvit.dicom.normalize import preprocess
-            from medvit.ingest_workers import quiet_pydicom  # pydicom warnings can quote PHI
+            from medvit.dicom.read import quiet_pydicom  # pydicom warnings can quote PHI
             with quiet_pydicom():
                 image = preprocess(item, size=self.ingest_size).image
             return file_id or image_stem(Path(item).name), image.astype(np.float32) / np.float32(65535)
@@ -126,7 +126,7 @@ def explain_images(args: argparse.Namespace, primary: LoadedRun, out: Path, devi
     from medvit.explain import cls_attention, explain, resolve_method, save_overlay, save_panel
     from medvit.ingest import assign_image_ids
     from medvit.io import save_npy
-    from medvit.predict import model_input
+    from medvit.models.inputs import model_input
 
     method = resolve_method(primary.model, args.method)
     compare = None

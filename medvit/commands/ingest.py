@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from medvit.dicom import DEFAULT_SIZE
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -23,13 +25,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", default=None, metavar="CSV",
                    help="labels CSV with image_id and the label column (default: SRC/train.csv if present)")
     p.add_argument("--label-column", default="cancer", help="label column in the CSV (default: cancer)")
-    p.add_argument("--size", type=int, default=512, help="output side in pixels (default: 512)")
+    p.add_argument("--size", type=int, default=DEFAULT_SIZE, help=f"output side in pixels (default: {DEFAULT_SIZE})")
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: number of CPUs; 1 = in this process)")
     p.add_argument("--folds", type=int, default=4, help="cross-validation folds (default: 4)")
     p.add_argument("--seed", type=int, default=0, help="fold shuffling seed (default: 0)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress output (default: a bar on a terminal, a plain line per tenth of the files otherwise)")
+    add_privacy_flags(p)
     p.set_defaults(func=run)
+
+
+def add_privacy_flags(p: argparse.ArgumentParser) -> None:
+    """--any-modality, --id-key, --raw-patient-ids: shared by ingest and predict."""
+    p.add_argument("--any-modality", action="store_true",
+                   help="accept files whose Modality is not MG (CT, MR, CR, ...); by default they are error rows "
+                        "`not_mammogram` (files without a Modality tag always pass)")
+    p.add_argument("--id-key", metavar="SECRET",
+                   help="key of the patient-ID pseudonyms (default: $MEDVIT_ID_KEY, else the key file made once "
+                        "in $XDG_CONFIG_HOME/medvit/id_key); header PatientIDs leave medvit only as HMAC pseudonyms")
+    p.add_argument("--raw-patient-ids", action="store_true",
+                   help="write DICOM PatientIDs as they are (opt-in: they can be record numbers or names)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     summary = ingest(
         args.src, out=out, labels=args.labels, label_column=args.label_column, size=args.size,
         workers=args.workers, folds=args.folds, seed=args.seed,
-        progress=False if args.no_progress else None,
+        progress=False if args.no_progress else None, any_modality=args.any_modality,
+        id_key=args.id_key, raw_patient_ids=args.raw_patient_ids,
     )
     print(format_summary(summary))
     print(f"wrote {out}/manifest.csv and {out}/images/")

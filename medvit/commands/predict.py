@@ -4,12 +4,16 @@ from __future__ import annotations
 import argparse
 import os
 
+from medvit.commands.ingest import add_privacy_flags
+from medvit.dicom import DEFAULT_SIZE
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="predict every DICOM under a folder (CSV per image and per breast, optional overlays)",
         description="Preprocess every file under FOLDER (recursively, any suffix) exactly as ingest does, run the "
-                    "model and write one CSV row per file: path, image_id, patient_id, laterality, view, prob, "
+                    "model and write one CSV row per file: path, image_id, patient_id (a keyed pseudonym, as "
+                    "ingest writes it), patient_id_source, modality, laterality, laterality_source, view, prob, "
                     "pred, status (ok/error), error. Binary models also get <out stem>_per_breast.csv. "
                     "A bad file is an error row; the run goes on.")
     p.add_argument("folder", metavar="FOLDER", help="folder of DICOM files (searched recursively)")
@@ -24,8 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float,
                    help="probability cut for pred=1 (default: the checkpoint's validation best-F1 threshold)")
     p.add_argument("--ingest-size", type=int,
-                   help="preprocessing side (default: the size the run's training data was ingested at, else 512)")
+                   help="preprocessing side (default: the size the run's training data was ingested at, "
+                        f"else {DEFAULT_SIZE})")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    add_privacy_flags(p)
     p.set_defaults(func=run)
 
 
@@ -34,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
     s = predict_folder(args.folder, args.checkpoint, args.out, overlays=args.overlays, workers=args.workers,
                        batch_size=args.batch_size, threshold=args.threshold, ingest_size=args.ingest_size,
-                       device=args.device, method=args.method)
+                       device=args.device, method=args.method, any_modality=args.any_modality,
+                       id_key=args.id_key, raw_patient_ids=args.raw_patient_ids)
     line = (f"predicted {s['ok']}/{s['files']} file(s) with {s['backbone']} "
             f"(threshold {s['threshold']:.3g}, preprocess {s['ingest_size']} -> {s['image_size']} px)")
     if s["error"]:

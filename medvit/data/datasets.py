@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medvit.data.transforms import apply_transform, item_seed
+from medvit.dicom import DEFAULT_SIZE
 from medvit.errors import MedvitError
 
 MANIFEST = "manifest.csv"
@@ -29,16 +30,22 @@ def unit_float(image: np.ndarray) -> np.ndarray:
     return np.clip(image.astype(np.float32), 0.0, 1.0)
 
 
-def read_manifest(data_dir: str | Path) -> pd.DataFrame:
-    """The ingest manifest, ids kept as strings, label as float (NaN = unlabelled), fold as int."""
+def read_manifest(data_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """The ingest manifest, ids kept as strings, label as float (NaN = unlabelled), fold as int.
+    The one reader of manifest.csv; `columns` reads only those (e.g. `ingest_size`'s settings)."""
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
         raise MedvitError(f"{path}: manifest not found; run `medvit ingest` to create DATA_DIR first")
     try:
-        frame = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "cache": str})
+        frame = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "cache": str, "settings": str},
+                            usecols=(lambda c: c in columns) if columns else None)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise MedvitError(f"{path}: not a readable CSV ({e})") from e
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    missing = [c for c in (columns or REQUIRED_COLUMNS) if c not in frame.columns]
+    if columns:
+        if missing:
+            raise MedvitError(f"{path}: manifest lacks column(s) {', '.join(missing)}; re-run `medvit ingest`")
+        return frame
     if missing:
         raise MedvitError(f"{path}: manifest lacks column(s) {', '.join(missing)}; re-run `medvit ingest`")
     try:
@@ -73,7 +80,7 @@ class MammoDataset(Dataset):
 
     in_chans = 1
 
-    def __init__(self, data_dir: str | Path, frame: pd.DataFrame, image_size: int = 512,
+    def __init__(self, data_dir: str | Path, frame: pd.DataFrame, image_size: int = DEFAULT_SIZE,
                  transform=None, seed: int = 0) -> None:
         self.data_dir = Path(data_dir)
         self.frame = frame.reset_index(drop=True)
@@ -109,7 +116,7 @@ class MammoDataset(Dataset):
         return to_tensor(image), int(self.labels[index])
 
 
-def mammo_splits(data_dir: str | Path, fold: int, image_size: int = 512, train_transform=None,
+def mammo_splits(data_dir: str | Path, fold: int, image_size: int = DEFAULT_SIZE, train_transform=None,
                  val_transform=None, seed: int = 0) -> tuple[MammoDataset, MammoDataset]:
     """Train on every labelled, successfully ingested image outside `fold`; validate on `fold`."""
     frame = read_manifest(data_dir)

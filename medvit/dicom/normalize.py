@@ -21,12 +21,14 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
 
-from medvit.dicom.read import PHOTOMETRICS, VIEWS, Pixels, defined_term, read_dataset
+from medvit.dicom import DEFAULT_SIZE
+from medvit.dicom.read import PHOTOMETRICS, VIEWS, Pixels, check_modality, defined_term, modality_of, read_dataset
 from medvit.errors import ConfigError, DicomError
 
 # Bump when preprocessing output changes: ingest's cache key carries it, so caches get rebuilt.
 # 2: the breast is found before the VOI window. 3: markers inside the crop box are zeroed.
-VERSION = 3
+# 4: a malformed modality/VOI LUT falls back to the next rule; non-mammograms are refused.
+VERSION = 4
 PREVIEW_SIDE = 256   # long side of the image the crop box is found on
 MAX_TABLE = 1 << 20  # largest stored-value span turned into a lookup table
 CROP_KEYS = ("crop_y0", "crop_x0", "crop_y1", "crop_x1")  # the crop box in Preprocessed.info
@@ -38,15 +40,17 @@ class Preprocessed:
     info: dict = field(default_factory=dict)  # header facts + what was done; JSON-able, no PHI
 
 
-def preprocess(path: str | Path, size: int = 512) -> Preprocessed:
+def preprocess(path: str | Path, size: int = DEFAULT_SIZE, *, any_modality: bool = False) -> Preprocessed:
     """Read one DICOM and return the model-ready image. Raises DicomError.
 
     Layout of the output: the breast crop is scaled (aspect kept) so its long side is `size`,
     placed flush left (chest wall against the left edge) and centred vertically; the rest
-    is 0. Values: VOI output mapped to 0..65535."""
+    is 0. Values: VOI output mapped to 0..65535. A file whose Modality says it is not a
+    mammogram is refused (`not_mammogram`, see `check_modality`) unless `any_modality`."""
     if int(size) < 8:
         raise ConfigError(f"image size must be at least 8 pixels, got {size}")
     ds = read_dataset(path)
+    check_modality(ds, path, any_modality)
     pixels = Pixels(ds, path)
     try:
         return _preprocess(ds, pixels, size)
@@ -64,7 +68,8 @@ def _preprocess(ds: Dataset, pixels: Pixels, size: int) -> Preprocessed:
     preview_level = _coarsest_level(max(pixels.rows, pixels.cols), PREVIEW_SIDE)
     raw, level, _ = pixels.get(preview_level)
     step = 2 ** (preview_level - level)  # non-J2K (or failed level): subsample the decode
-    small = detection_view(raw[::step, ::step], ds, mono1)
+    notes: list[str] = []  # LUT fallbacks taken (a malformed LUT falls back to the next rule)
+    small = detection_view(raw[::step, ::step], ds, mono1, notes)
     scale = 2**level * step
     small_box, blobs = find_breast(small)
     box = scale_box(small_box, scale, pixels.rows, pixels.cols)
@@ -76,7 +81,7 @@ def _preprocess(ds: Dataset, pixels: Pixels, size: int) -> Preprocessed:
     raw, level, decoder = pixels.get(min(_coarsest_level(long_side, size), preview_level))
     y0, x0, y1, x1 = scale_box(box, 1 / 2**level, *raw.shape)
     extended = (y0, x0, min(y1 + 1, raw.shape[0]), min(x1 + 1, raw.shape[1]))
-    unit, voi = to_unit(raw, ds, mono1, crop=extended if level else (y0, x0, y1, x1))
+    unit, voi = to_unit(raw, ds, mono1, crop=extended if level else (y0, x0, y1, x1), notes=notes)
     unit = align_level(unit, level)[: y1 - y0, : x1 - x0]
     unit = clear_blobs(unit, blobs, box, scale)
     image = _place(unit, box, flip, size)
@@ -84,7 +89,7 @@ def _preprocess(ds: Dataset, pixels: Pixels, size: int) -> Preprocessed:
         "laterality": laterality or ("R" if flip else "L"),  # R images have the chest wall on the right
         "laterality_source": "header" if laterality else "content",
         "voi": voi, **dict(zip(CROP_KEYS, box)), "flipped": bool(flip), "reduce": level,
-        "decoder": decoder}
+        "decoder": decoder, "lut_fallback": ";".join(dict.fromkeys(notes))}
     return Preprocessed(to_uint16(image), info)
 
 
@@ -98,10 +103,11 @@ def _coarsest_level(long_side: int, target: int) -> int:
 
 # ------------------------------------------------------------------------ LUT and VOI
 
-def to_unit(raw: np.ndarray, ds: Dataset, mono1: bool,
-            crop: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, str]:
+def to_unit(raw: np.ndarray, ds: Dataset, mono1: bool, crop: tuple[int, int, int, int] | None = None,
+            notes: list[str] | None = None) -> tuple[np.ndarray, str]:
     """Stored values -> modality LUT -> VOI -> [0, 1] float32 (-> inverted if MONOCHROME1).
     The value range comes from the whole of `raw`; only `crop` (y0, x0, y1, x1) is returned.
+    LUT fallbacks taken are appended to `notes` (see `modality_values`, `voi_values`).
 
     pydicom's apply_modality_lut / apply_voi / apply_windowing do the work, applied once to
     every distinct stored value (a lookup table) instead of to every pixel: same numbers,
@@ -110,55 +116,123 @@ def to_unit(raw: np.ndarray, ds: Dataset, mono1: bool,
     lo, hi = int(raw.min()), int(raw.max())
     if raw.dtype.kind in "iu" and hi - lo < MAX_TABLE:
         values = np.arange(lo, hi + 1, dtype=np.int64).astype(raw.dtype)
-        table, vmin, vmax, voi = voi_values(values, ds)
+        table, vmin, vmax, voi = voi_values(values, ds, notes)
         if raw.dtype.kind == "u":
             index = region - raw.dtype.type(lo)  # stays unsigned: lo is the minimum
         else:
             index = region.astype(np.int32) - lo
         out = _rescale(table, vmin, vmax)[index]
     else:
-        out, vmin, vmax, voi = voi_values(region, ds)
+        out, vmin, vmax, voi = voi_values(region, ds, notes)
         out = _rescale(out, vmin, vmax)
     return (1.0 - out if mono1 else out), voi
 
 
-def detection_view(raw: np.ndarray, ds: Dataset, mono1: bool) -> np.ndarray:
+def detection_view(raw: np.ndarray, ds: Dataset, mono1: bool, notes: list[str] | None = None) -> np.ndarray:
     """Modality values scaled min-max to [0, 1], tissue bright, for finding the breast. The VOI
     window is made for reading tissue: it clips fatty tissue to the same black as air, so the
     breast outline is found before it, where air and skin are far apart."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
+    values = np.asarray(modality_values(raw, ds, notes), dtype=np.float32)
     unit = _rescale(values, float(values.min()), float(values.max()))
     return 1.0 - unit if mono1 else unit
 
 
-def voi_values(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, float, str]:
+def _lut_item_ok(seq) -> bool:
+    """The first item of a (Modality or VOI) LUT Sequence has a 3-value descriptor and data."""
+    if not seq:
+        return False
+    item = seq[0]
+    desc = item.get("LUTDescriptor")
+    data = item.get("LUTData")
+    try:
+        return desc is not None and len(desc) == 3 and data is not None and len(data) > 0
+    except TypeError:  # a single value where three are due
+        return False
+
+
+def _note(notes: list[str] | None, text: str) -> None:
+    if notes is not None:
+        notes.append(text)
+
+
+def modality_values(values: np.ndarray, ds: Dataset, notes: list[str] | None = None) -> np.ndarray:
+    """pydicom's modality LUT. A Modality LUT Sequence that is empty or malformed (an item
+    without LUTDescriptor, as in pylibjpeg-data's JPEGLosslessP14SV1_1s_1f_u_16_16.dcm, on
+    which pydicom raises) falls back to the next rule, Rescale Slope/Intercept, else identity;
+    the fallback taken is appended to `notes` ("modality_lut:rescale" / "modality_lut:identity")."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if "ModalityLUTSequence" not in ds:
+            return apply_modality_lut(values, ds)
+        if _lut_item_ok(ds.ModalityLUTSequence):
+            try:
+                return apply_modality_lut(values, ds)
+            except Exception:  # noqa: BLE001 - any pydicom failure on a bad LUT: next rule
+                pass
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    try:
+        slope, intercept = float(1 if slope is None else slope), float(0 if intercept is None else intercept)
+    except (TypeError, ValueError):
+        slope = intercept = None
+    if slope is None or ("RescaleSlope" not in ds and "RescaleIntercept" not in ds):
+        _note(notes, "modality_lut:identity")
+        return values
+    _note(notes, "modality_lut:rescale")
+    return values * slope + intercept if (slope, intercept) != (1.0, 0.0) else values
+
+
+def voi_values(values: np.ndarray, ds: Dataset, notes: list[str] | None = None
+               ) -> tuple[np.ndarray, float, float, str]:
     """pydicom modality LUT + VOI (first window / first LUT when several) applied to
-    `values`, plus the nominal output range (vmin, vmax) and the VOI kind used."""
+    `values`, plus the nominal output range (vmin, vmax) and the VOI kind used. A VOI LUT
+    Sequence that is empty or malformed falls back to the next rule (the window, else the data
+    range), noted in `notes` as "voi_lut:<the kind used>"."""
+    modality = modality_values(values, ds, notes)
+    ds = _without_bad_modality_lut(ds)  # pydicom's VOI functions read the modality LUT's descriptor
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns on float input to a VOI LUT
-        modality = apply_modality_lut(values, ds)
+        bad_lut = "VOILUTSequence" in ds and not _has_voi_lut(ds)
         if _has_voi_lut(ds):
-            out = apply_voi(modality, ds)
-            lut = _lut_range(ds)
-            return out, lut[0], lut[1], "lut_sequence"
-        kind = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
-        if "WindowCenter" in ds and "WindowWidth" in ds:
             try:
-                out = apply_windowing(modality, ds)
-                with np.errstate(over="ignore"):  # SIGMOID at the probes
-                    ends = apply_windowing(np.array([-1e30, 1e30]), ds)
-                return out, float(ends[0]), float(ends[1]), kind.lower()
-            except (ValueError, TypeError, IndexError):
-                pass  # width < 1 or unknown function: fall back to the data range
+                out = apply_voi(modality, ds)
+                lut = _lut_range(ds)
+                return out, lut[0], lut[1], "lut_sequence"
+            except Exception:  # noqa: BLE001 - a LUT pydicom cannot apply: next rule
+                bad_lut = True
+        out, vmin, vmax, kind = _window_or_range(modality, ds)
+        if bad_lut:
+            _note(notes, f"voi_lut:{kind}")
+        return out, vmin, vmax, kind
+
+
+def _without_bad_modality_lut(ds: Dataset) -> Dataset:
+    """`ds`, or a shallow copy without its Modality LUT Sequence when that is malformed."""
+    if "ModalityLUTSequence" not in ds or _lut_item_ok(ds.ModalityLUTSequence):
+        return ds
+    copy = Dataset()
+    for elem in ds:
+        if elem.keyword != "ModalityLUTSequence":
+            copy.add(elem)
+    return copy
+
+
+def _window_or_range(modality: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, float, str]:
+    """The first VOI window, else the data range (minmax)."""
+    kind = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        try:
+            out = apply_windowing(modality, ds)
+            with np.errstate(over="ignore"):  # SIGMOID at the probes
+                ends = apply_windowing(np.array([-1e30, 1e30]), ds)
+            return out, float(ends[0]), float(ends[1]), kind.lower()
+        except (ValueError, TypeError, IndexError, AttributeError):
+            pass  # width < 1, unknown function, missing BitsStored: fall back to the data range
     modality = np.asarray(modality, dtype=np.float64)
     return modality, float(modality.min()), float(modality.max()), "minmax"
 
 
 def _has_voi_lut(ds: Dataset) -> bool:
-    seq = ds.get("VOILUTSequence")
-    return bool(seq) and "LUTDescriptor" in seq[0] and "LUTData" in seq[0]
+    return _lut_item_ok(ds.get("VOILUTSequence"))
 
 
 def _lut_range(ds: Dataset) -> tuple[float, float]:
@@ -337,7 +411,8 @@ def to_uint16(unit: np.ndarray) -> np.ndarray:
 def header_info(ds: Dataset) -> dict:
     """Plain, PHI-free header facts for the manifest."""
     return {
-        "patient_id": str(ds.get("PatientID", "") or ""),
+        "patient_id": str(ds.get("PatientID", "") or ""),  # raw: pseudonymised by medvit.privacy before any output
+        "modality": modality_of(ds),
         "view": defined_term(ds.get("ViewPosition", ""), VIEWS),
         "rows": int(ds.Rows),
         "columns": int(ds.Columns),

@@ -9,14 +9,20 @@
 
 Every failure is a `DicomError(path, reason, detail)` with one of the stable reasons:
 unreadable, not_dicom, no_pixel_data, color, multi_frame, bad_dimensions, truncated,
-unsupported_syntax, decode_failed. Messages never carry header text (no PHI).
+unsupported_syntax, decode_failed, not_mammogram (`check_modality`, called by preprocess).
+Messages never carry header text (no PHI); `quiet_pydicom` keeps pydicom's own warnings, which
+can quote header values, out of the logs.
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pydicom
@@ -39,6 +45,21 @@ PIXEL_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) as it appears in a little-endian 
 
 
 # ----------------------------------------------------------------------------- headers
+
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """pydicom's warnings and log records can quote header values (PHI): keep them out of the
+    logs while reading. The error row's reason says what went wrong."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
 
 def _starts_like_dicom(path: str | Path) -> bool:
     """A file without the preamble is a bare dataset: it opens with a group 0002 or 0008 tag
@@ -97,6 +118,38 @@ PHOTOMETRICS = {"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "HSV", "AR
 VIEWS = {  # ViewPosition: mammography views (RSNA: CC, MLO, ML, LM, AT, LMO) and radiography's
     "CC", "MLO", "ML", "LM", "LMO", "XCC", "XCCL", "XCCM", "FB", "SIO", "AT", "RL", "RM", "ID",
     "TAN", "SPOT", "MAG", "CV", "AP", "PA", "LL", "RLD", "LLD", "RLO", "LLO", "LAO", "RAO"}
+
+
+# Modality (0008,0060) defined terms (PS3.3 C.7.3.1.1.1); anything else is reported as "other".
+MODALITIES = {
+    "MG", "CR", "CT", "DX", "IO", "MR", "NM", "OT", "PT", "PX", "RF", "RG", "SC", "US", "XA", "XC",
+    "ES", "GM", "OP", "OPT", "SM", "BDUS", "BMD", "DOC", "ECG", "EPS", "HD", "IVOCT", "IVUS", "KO",
+    "LS", "OCT", "OSS", "PR", "REG", "RTIMAGE", "RTDOSE", "RTSTRUCT", "RTPLAN", "SEG", "SR", "TG", "XAPROTOCOL"}
+# SOP classes of mammograms: digital mammography for presentation / for processing, breast
+# tomosynthesis, breast projection for presentation / for processing
+MAMMO_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.1.2.1", "1.2.840.10008.5.1.4.1.1.13.1.3",
+    "1.2.840.10008.5.1.4.1.1.13.1.4", "1.2.840.10008.5.1.4.1.1.13.1.5"}
+
+
+def modality_of(ds: Dataset) -> str:
+    """The Modality as a defined term ("MG", "CT", ...), "other" for a value outside them (free
+    text can be PHI), "" when the tag is absent or empty."""
+    raw = str(ds.get("Modality", "") or "").strip().upper()
+    return "" if not raw else (raw if raw in MODALITIES else "other")
+
+
+def check_modality(ds: Dataset, path: str | Path, any_modality: bool = False) -> None:
+    """Refuse (`not_mammogram`) a file whose Modality is present and not MG, unless its SOP class
+    is a mammography one or `any_modality`. Modality MG, a mammography SOP class, or neither tag
+    (RSNA's de-identified files carry neither) passes."""
+    modality = modality_of(ds)
+    if any_modality or modality in ("", "MG"):
+        return
+    sop = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+    if sop in MAMMO_SOP_CLASSES:
+        return
+    raise DicomError(path, "not_mammogram", f"Modality {modality}, not MG; pass --any-modality to accept it")
 
 
 def defined_term(value: object, terms: set[str]) -> str:

@@ -5,7 +5,9 @@
 The files look like RSNA's: MG "For Presentation" SOP class, J2K lossless / JPEG lossless SV1 /
 explicit little endian, 12/14/16 bits stored, MONOCHROME1 and MONOCHROME2, single or multiple
 VOI windows (LINEAR or SIGMOID), a burned-in laterality marker, and fake PHI that carries
-`PHI_MARKER` so a scan of any output can grep for it.
+`PHI_MARKER` so a scan of any output can grep for it. Headers come in three styles (STYLES, by
+patient): full, PatientID = PatientName, and stripped like RSNA's own files (no Modality, SOP
+Class UID, ViewPosition, Laterality or PatientName).
 
 Everything is seeded: the same seed gives the same CSV and the same pixel data whatever the
 number of workers (each image draws from its own `SeedSequence((seed, 1, patient, view))`).
@@ -51,6 +53,11 @@ LESION_COLUMNS: tuple[str, ...] = (
 MAMMO_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image Storage - For Presentation
 SIZES = ("small", "full")
 VIEWS = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO"))
+# Header style by patient (index % 4), as real files come: "full" (every tag above), "id_is_name"
+# (PatientID = PatientName, as de-identification tools often leave it) and "stripped" (RSNA's own
+# files: no Modality, SOP Class UID, ViewPosition, Laterality or PatientName; only ImageLaterality).
+STYLES = ("full", "id_is_name", "stripped", "full")
+STRIPPED = ("Modality", "SOPClassUID", "ViewPosition", "Laterality", "PatientName")
 # DICOM PatientOrientation (column direction, row direction) with the chest wall on the left
 # for L and on the right for R, as in RSNA.
 ORIENTATION = {("L", "CC"): ["A", "R"], ("L", "MLO"): ["A", "F"],
@@ -185,7 +192,10 @@ def build_dataset(stored: np.ndarray, machine: Machine, info: dict[str, Any]) ->
     if machine.rescale:
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
     ds.LossyImageCompression = "00"
-    return ds
+    style = info.get("style", "full")
+    if style == "id_is_name":
+        ds.PatientID = info["patient_name"]
+    return ds  # "stripped" files lose their tags after encoding (`strip_tags`): GDCM's encoder needs them
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,7 +306,8 @@ def plan_dataset(patients: int, seed: int, cancer_rate: float, size: str,
                 "_seed": (seed, 1, p, k), "_machine": machine, "_shape": shape, "_density": density,
                 "_kind": b["kind"], "_radius_frac": b["radius_frac"], "_spacing": spacing,
                 "_study_uid": study_uid, "_series_uid": _uid(seed, "series", pid, side, view),
-                "_sop_uid": _uid(seed, "sop", image_id), **{f"_{k2}": v for k2, v in phi.items()},
+                "_sop_uid": _uid(seed, "sop", image_id), "_style": STYLES[p % len(STYLES)],
+                **{f"_{k2}": v for k2, v in phi.items()},
             })
     return rows
 
@@ -323,7 +334,10 @@ def make_file(row: dict[str, Any], out: str) -> dict[str, Any] | None:
                 windows=voi_windows(stored, synth.breast, machine.n_windows))
     folder = Path(out) / "train_images" / str(row["patient_id"])
     folder.mkdir(parents=True, exist_ok=True)
-    write_dicom(folder / f"{row['image_id']}.dcm", build_dataset(stored, machine, info), stored, machine.syntax)
+    path = folder / f"{row['image_id']}.dcm"
+    write_dicom(path, build_dataset(stored, machine, info), stored, machine.syntax)
+    if info["style"] == "stripped":
+        strip_tags(path, STRIPPED)
     if synth.lesion is None:
         return None
     masks = Path(out) / "lesion_masks"
@@ -333,6 +347,18 @@ def make_file(row: dict[str, Any], out: str) -> dict[str, Any] | None:
     return {"image_id": row["image_id"], "patient_id": row["patient_id"], "laterality": row["laterality"],
             "view": row["view"], "kind": les.kind, "center_row": les.center_row,
             "center_col": les.center_col, "radius_px": les.radius_px}
+
+
+def strip_tags(path: Path, keywords: Sequence[str]) -> None:
+    """Remove `keywords` from a written file (pixel data untouched), atomically."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    for keyword in keywords:
+        if keyword in ds:
+            delattr(ds, keyword)
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
 
 
 def _make_file_star(args: tuple[dict[str, Any], str]) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from medvit.dicom import DEFAULT_SIZE
 from medvit.errors import ConfigError, suggest
 
 log = logging.getLogger(__name__)
@@ -85,13 +86,15 @@ def _check_options(name: str, fn: Callable, kw: dict[str, Any]) -> None:
             raise ConfigError(f"backbone {name!r} has no option {key!r}: {hint}")
 
 
-def create_backbone(name: str, num_classes: int = 1, in_chans: int = 1, img_size: int = 512,
+def create_backbone(name: str, num_classes: int = 1, in_chans: int = 1, img_size: int = DEFAULT_SIZE,
                     **kw: Any) -> nn.Module:
     """Build a registered backbone: input (B, in_chans, H, W) float, output (B, num_classes).
 
     Options besides those of the entrypoint: `weights=FILE` loads a timm/torchvision state dict
     or .safetensors from disk (stem conv adapted to `in_chans`, ViT positions resampled);
     `pretrained=True` fetches ImageNet weights through timm where the entrypoint offers them.
+    With either, the model normalises its input as its pretrained config says
+    (`medvit.models.inputs.attach_input_norm`; recorded as `model.medvit_input_norm`).
     """
     fn = _entrypoint(name)
     sizes = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}
@@ -110,6 +113,10 @@ def create_backbone(name: str, num_classes: int = 1, in_chans: int = 1, img_size
     model = fn(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
     if weights is not None:
         load_weights(model, weights)
+    if weights is not None or kw.get("pretrained"):  # ImageNet weights expect their normalisation
+        from medvit.models.inputs import attach_input_norm, pretrained_norm
+
+        attach_input_norm(model, pretrained_norm(model, in_chans))
     model.medvit_name = name
     model.medvit_kind = _KINDS[name] or _guess_kind(model)
     model.medvit_args = dict(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)

@@ -49,6 +49,8 @@ def build_vit(*, num_classes: int, in_chans: int, img_size: int, patch_size: int
         from timm.models.vision_transformer import VisionTransformer
 
         model = VisionTransformer(**args)
+        if timm_name is not None and import_timm().is_model(timm_name):  # for weights=FILE: its normalisation
+            model.pretrained_cfg = import_timm().models.get_pretrained_cfg(timm_name).to_dict()
     for blk in model.blocks:
         blk.attn.fused_attn = True
     return model

@@ -66,7 +66,7 @@ def _what_run_has(path: Path) -> str:
 
 def checkpoint_ingest_size(ckpt: dict) -> int:
     """The side the run's training images were ingested at: recorded in the checkpoint, else
-    (older checkpoints) read from the run's data folder, else 512."""
+    (older checkpoints) read from the run's data folder, else DEFAULT_SIZE (512)."""
     from medvit.ingest import ingest_size
 
     if ckpt.get("ingest_size"):
@@ -76,11 +76,14 @@ def checkpoint_ingest_size(ckpt: dict) -> int:
 
 
 def build_model_from_checkpoint(ckpt: dict):
-    """Rebuild the backbone recorded in a checkpoint and load its (EMA if present) weights."""
+    """Rebuild the backbone recorded in a checkpoint (with its input normalisation) and load its
+    (EMA if present) weights."""
     from medvit.models import create_backbone
+    from medvit.models.inputs import attach_input_norm
 
     spec = ckpt["model_spec"]
     model = create_backbone(spec["name"], **spec["kwargs"])
+    attach_input_norm(model, ckpt.get("input_norm"))  # the normalisation it was trained with
     model.load_state_dict(ckpt.get("ema") or ckpt["model"])
     model.eval()
     return model

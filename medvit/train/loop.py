@@ -103,10 +103,13 @@ class Trainer:
     def _payload(self) -> dict:
         import torch
 
+        from medvit.models.inputs import input_norm_of
+
         c = self.c
         return {
             "format": "medvit-checkpoint-1",
             "model_spec": self.spec,
+            "input_norm": input_norm_of(self.model),  # ImageNet weights' normalisation, else None
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema else None,
             "ema_state": self.ema.state_dict() if self.ema else None,
@@ -187,7 +190,7 @@ class Trainer:
         return ""
 
     def _train_epoch(self, t0: float) -> None:
-        from tqdm import tqdm
+        from medvit.progress import progress_bar
 
         c = self.c
         # The sampler is a pure function of (seed, epoch, rank) plus a start position, so a
@@ -198,11 +201,13 @@ class Trainer:
         self.data.train.set_epoch(c.epoch)
         self.model.train()
         loader = self._loader(self.data.train, batch_sampler=batches)
-        bar = tqdm(zip(batches, loader), total=len(self.sampler), initial=c.batch,
-                   desc=f"epoch {c.epoch}", disable=not self.dist.main, leave=False)
+        # a bar on a terminal; off one nothing here: the log's line per epoch is the progress
+        bar = progress_bar(total=len(self.sampler), desc=f"epoch {c.epoch}", unit="batch", initial=c.batch,
+                           enabled=None if self.dist.main else False, every=0, leave=False)
         tick, n_tick = time.perf_counter(), 0
-        for batch, (images, labels) in bar:
+        for batch, (images, labels) in zip(batches, loader):
             out = train_step(self, images, labels)
+            bar.update(1)
             # this step over all ranks, so every rank holds (and checkpoints) the same counters
             loss_sum, errors, n, wall = all_sum(
                 self.dist, [out["loss"] * out["n"], out["errors"], out["n"], self._wall_hit(t0)], self.device)
