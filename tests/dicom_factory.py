@@ -147,3 +147,34 @@ def edited_copy(src: str | Path, dst: str | Path, **fields) -> Path:
         setattr(ds, key, value)
     ds.save_as(dst)
     return Path(dst)
+
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+
+
+def edit_dicom(src: str | Path, dst: str | Path, **tags) -> Path:
+    """Copy `src` to `dst` with tags set (`Modality="CT"`) or removed (`Modality=None`); SOPClassUID
+    also sets the file meta's MediaStorageSOPClassUID. Pixel data untouched."""
+    ds = pydicom.dcmread(src)
+    for keyword, value in tags.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+        if keyword == "SOPClassUID" and value is not None:
+            ds.file_meta.MediaStorageSOPClassUID = value
+    ds.save_as(dst, enforce_file_format=True)
+    return Path(dst)
+
+
+def lut_item(data: Sequence[int] | None, descriptor: Sequence[int] | None) -> Dataset:
+    """A (Modality or VOI) LUT Sequence item; None leaves the element out (a malformed item)."""
+    item = Dataset()
+    if descriptor is not None:
+        item.LUTDescriptor = list(descriptor)
+        item["LUTDescriptor"].VR = "US"
+    if data is not None:
+        item.LUTData = [int(v) for v in data]
+        item["LUTData"].VR = "US"
+    return item

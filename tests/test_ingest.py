@@ -444,6 +444,48 @@ def test_no_phi_in_any_output(rsna, tmp_path, capfd):
     assert leaks == []
 
 
+def test_no_patient_id_in_any_output_without_labels(rsna, tmp_path, capfd):
+    """Issue 11: without a labels CSV the header's PatientID was written as is; synth's
+    "id_is_name" files carry PatientID = PatientName (de-identification tools do that). Every
+    output (manifest, journal, ingest.json, the log) carries pseudonyms only."""
+    out = tmp_path / "data"
+    assert main(["ingest", str(rsna / "train_images"), "--out", str(out), "--size", "32", "--workers", "2"]) == 0
+    captured = capfd.readouterr()
+    header_ids = set()
+    for path in dicoms(rsna / "train_images"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if str(ds.PatientID) == str(ds.get("PatientName", "")):
+            header_ids.add(str(ds.PatientID))
+    assert header_ids  # the case is exercised
+    blobs = {"stdout": captured.out.encode(), "stderr": captured.err.encode()}
+    blobs.update({str(p): p.read_bytes() for p in out.rglob("*") if p.is_file()})
+    assert (out / ".ingest-journal.jsonl") in {Path(k) for k in blobs}
+    leaks = [(name, s) for name, blob in blobs.items() for s in header_ids | {synth.PHI_MARKER} if s.encode() in blob]
+    assert leaks == []
+    rows = read_manifest(out)
+    assert {r["patient_id_source"] for r in rows} == {"header_hmac"}
+    assert len({r["patient_id"] for r in rows}) == 4  # one pseudonym per patient
+
+
+def test_modality_column_and_not_mammogram_rows(tmp_path):
+    from dicom_factory import CT_IMAGE, breast_image, edit_dicom, write_dicom
+
+    src = tmp_path / "src"
+    src.mkdir()
+    mg = write_dicom(src / "mg.dcm", breast_image(64, 48))
+    edit_dicom(mg, src / "ct.dcm", Modality="CT", SOPClassUID=CT_IMAGE)
+    edit_dicom(mg, src / "bare.dcm", Modality=None, SOPClassUID=None)
+    summary = ingest(src, tmp_path / "data", size=32, workers=1, progress=False)
+    rows = {r["image_id"]: r for r in read_manifest(tmp_path / "data")}
+    assert summary["errors_by_reason"] == {"not_mammogram": 1}
+    assert (rows["ct"]["status"], rows["ct"]["reason"]) == ("error", "not_mammogram")
+    assert (rows["mg"]["modality"], rows["bare"]["modality"]) == ("MG", "")
+    assert main(["ingest", str(src), "--out", str(tmp_path / "data"), "--size", "32", "--workers", "1",
+                 "--any-modality", "--no-progress"]) == 0
+    rows = {r["image_id"]: r for r in read_manifest(tmp_path / "data")}
+    assert (rows["ct"]["status"], rows["ct"]["modality"]) == ("ok", "CT")
+
+
 def test_empty_or_missing_source_fails_naming_it_and_writes_nothing(tmp_path, capsys):
     from medvit.errors import MedvitError
 

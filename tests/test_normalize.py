@@ -210,14 +210,14 @@ def test_laterality_tag_variants(tmp_path):
 
 
 def test_bundled_syntaxes_agree():
-    """The same MR image in six encodings gives the same output."""
-    base = preprocess(bundled("MR_small.dcm"), size=64).image
+    """The same MR image in six encodings gives the same output (decoding: any modality)."""
+    base = preprocess(bundled("MR_small.dcm"), size=64, any_modality=True).image
     for name in ("MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
                  "MR_small_RLE.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm"):
-        np.testing.assert_array_equal(preprocess(bundled(name), size=64).image, base)
+        np.testing.assert_array_equal(preprocess(bundled(name), size=64, any_modality=True).image, base)
     for name in ("JPGExtended.dcm", "JPEG2000.dcm", "693_J2KI.dcm",
                  "J2K_pixelrep_mismatch.dcm", "CT_small.dcm"):
-        result = preprocess(bundled(name), size=64)
+        result = preprocess(bundled(name), size=64, any_modality=True)
         assert result.image.shape == (64, 64) and result.image.max() > 0
 
 
@@ -343,3 +343,61 @@ def test_crop_keeps_the_whole_synth_breast(tmp_path):
         ys, xs = np.nonzero(drawing.breast)
         inside = ((ys >= info["crop_y0"]) & (ys < info["crop_y1"]) & (xs >= info["crop_x0"]) & (xs < info["crop_x1"]))
         assert inside.mean() > 0.99, (row["image_id"], row["view"], info)
+
+
+# ------------------------------------------------------------------ malformed LUTs (issue 11)
+
+def test_malformed_modality_lut_falls_back_to_rescale_then_identity(tmp_path):
+    """pylibjpeg-data's JPEGLosslessP14SV1_1s_1f_u_16_16.dcm has a Modality LUT Sequence item
+    without LUTDescriptor: pydicom's apply_modality_lut raises and the image was lost
+    (decode_failed). A malformed or empty LUT falls back to the next rule, recorded."""
+    from dicom_factory import edit_dicom, lut_item
+
+    plain = write_dicom(tmp_path / "plain.dcm", breast_image(96, 80), window=(2000.0, 3500.0))
+    expected = preprocess(plain, 48)
+    assert expected.info["lut_fallback"] == ""
+    no_descriptor = edit_dicom(plain, tmp_path / "a.dcm", ModalityLUTSequence=[lut_item(range(4096), None)])
+    empty = edit_dicom(plain, tmp_path / "b.dcm", ModalityLUTSequence=[])
+    no_data = edit_dicom(plain, tmp_path / "c.dcm", ModalityLUTSequence=[lut_item(None, [4096, 0, 16])])
+    for path in (no_descriptor, empty, no_data):
+        out = preprocess(path, 48)
+        assert out.info["lut_fallback"] == "modality_lut:identity", path.name
+        np.testing.assert_array_equal(out.image, expected.image)  # identity: the same image
+    rescaled = edit_dicom(no_descriptor, tmp_path / "d.dcm", RescaleSlope=1, RescaleIntercept=0)
+    out = preprocess(rescaled, 48)
+    assert out.info["lut_fallback"] == "modality_lut:rescale" and out.info["voi"] == "linear"
+    np.testing.assert_array_equal(out.image, expected.image)
+
+
+def test_malformed_voi_lut_falls_back_to_the_window(tmp_path):
+    from dicom_factory import edit_dicom, lut_item
+
+    plain = write_dicom(tmp_path / "plain.dcm", breast_image(96, 80), window=(2000.0, 3500.0))
+    expected = preprocess(plain, 48)
+    for i, item in enumerate([lut_item(None, [4096, 0, 12]), lut_item([1, 2], None)]):
+        bad = edit_dicom(plain, tmp_path / f"v{i}.dcm", VOILUTSequence=[item])
+        out = preprocess(bad, 48)
+        assert (out.info["voi"], out.info["lut_fallback"]) == ("linear", "voi_lut:linear")
+        np.testing.assert_array_equal(out.image, expected.image)
+    no_window = edit_dicom(tmp_path / "v0.dcm", tmp_path / "nw.dcm", WindowCenter=None, WindowWidth=None)
+    assert preprocess(no_window, 48).info["lut_fallback"] == "voi_lut:minmax"
+
+
+def test_modality_check(tmp_path):
+    """MG, a mammography SOP class or neither tag passes; another Modality is not_mammogram
+    unless any_modality (issue 11: a CT head slice was predicted with probability 1.0)."""
+    from dicom_factory import CT_IMAGE, edit_dicom
+
+    mg = write_dicom(tmp_path / "mg.dcm", breast_image(64, 48))
+    ct = edit_dicom(mg, tmp_path / "ct.dcm", Modality="CT", SOPClassUID=CT_IMAGE)
+    bare = edit_dicom(mg, tmp_path / "bare.dcm", Modality=None, SOPClassUID=None, ViewPosition=None)
+    mr_on_mg_class = edit_dicom(mg, tmp_path / "odd.dcm", Modality="MR")
+    assert preprocess(mg, 32).info["modality"] == "MG"
+    assert preprocess(bare, 32).info["modality"] == ""
+    assert preprocess(mr_on_mg_class, 32).info["modality"] == "MR"
+    with pytest.raises(DicomError) as err:
+        preprocess(ct, 32)
+    assert err.value.reason == "not_mammogram" and "--any-modality" in str(err.value)
+    assert preprocess(ct, 32, any_modality=True).info["modality"] == "CT"
+    free_text = edit_dicom(ct, tmp_path / "x.dcm", Modality="SMITH")  # not a defined term: never echoed
+    assert preprocess(free_text, 32, any_modality=True).info["modality"] == "other"

@@ -256,3 +256,36 @@ def test_ingest_size_travels_in_the_checkpoint(world, tmp_path):
     assert load_predictor(moved, device="cpu").ingest_size == INGEST_SIZE
     del ck["ingest_size"]  # a checkpoint from before: the data folder, else 512
     assert load_predictor(save_checkpoint(ck, tmp_path / "old.pt"), device="cpu").ingest_size == 512
+
+
+def test_not_a_mammogram_is_an_error_row_unless_any_modality(world, tmp_path, capsys):
+    """Issue 11: a CT slice was predicted as a mammogram (probability 1.0, no warning)."""
+    from dicom_factory import CT_IMAGE, edit_dicom
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    mg = sorted(world["inbox"].rglob("*.dcm"))[0]
+    edit_dicom(mg, inbox / "ct.dcm", Modality="CT", SOPClassUID=CT_IMAGE)
+    shutil.copy2(mg, inbox / "mg.dcm")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(inbox), "--checkpoint", str(world["run"]), "--out", str(out), "--workers", "0",
+                 "--device", "cpu"]) == 0
+    rows = read(out).set_index("image_id")
+    assert rows.at["ct", "status"] == "error" and rows.at["ct", "error"].startswith("not_mammogram")
+    assert rows.at["mg", "status"] == "ok"
+    assert main(["predict", str(inbox), "--checkpoint", str(world["run"]), "--out", str(out), "--workers", "0",
+                 "--device", "cpu", "--any-modality"]) == 0
+    rows = read(out).set_index("image_id")
+    assert (rows.at["ct", "status"], rows.at["ct", "modality"]) == ("ok", "CT")
+
+
+def test_checkpoint_file_of_a_run_without_best_names_what_it_has(world, tmp_path, capsys):
+    """Issue 11: `--checkpoint RUN/checkpoints/best.pt` on a run with only last.pt said
+    "RUN/checkpoints/best.pt/checkpoints/best.pt: checkpoint not found"."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy2(world["run"] / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt")
+    given = run / "checkpoints" / "best.pt"
+    assert main(["predict", str(world["inbox"]), "--checkpoint", str(given), "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"{given}: checkpoint not found" in err and "has last.pt" in err and "best.pt/checkpoints" not in err
