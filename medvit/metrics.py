@@ -11,7 +11,7 @@ Inputs are numpy arrays / pandas frames; outputs are plain python floats, ints, 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -181,36 +181,57 @@ def _auc_from_group_counts(counts: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
 
 
-def bootstrap_aucs(y_true, prob, n_boot: int = 1000, seed: int = 0) -> tuple[np.ndarray, int]:
-    """AUCs of `n_boot` seeded, class-stratified resamples and how many could not be scored.
+def bootstrap_counts(y_true, prob, n_boot: int = 1000, seed: int = 0) -> Iterator[np.ndarray]:
+    """The one bootstrap: `n_boot` seeded, class-stratified resamples, yielded in chunks as
+    (B, G, 2) counts of negatives / positives per ascending score group (`_score_groups`).
 
     Stratified (positives and negatives resampled separately, their counts kept, as pROC does
     by default): every resample has both classes, so all `n_boot` count even when positives are
-    rare (RSNA: ~2%). Skipped is `n_boot` when a class is absent altogether, else 0.
-    Hand-written because scikit-learn scores one AUC per call (1000 calls on 50k images take
-    minutes). A resample is only a count per (score group, class), so one bincount per chunk of
-    resamples gives all their rank AUCs at once.
+    rare (RSNA: ~2%). Nothing is yielded when a class is absent altogether. A resample is only
+    a count per (score group, class), so one bincount per chunk of resamples serves them all:
+    `bootstrap_aucs` (the CI) and `bootstrap_roc` (the ROC plot's band) read the same resamples.
     """
     y = np.asarray(y_true).reshape(-1).astype(np.int64)
     group, n_groups = _score_groups(prob)
     cell = group * 2 + y  # each item's (score group, class) cell
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     if pos.size == 0 or neg.size == 0:
-        return np.empty(0), int(n_boot)
+        return
     n = y.size
     rng = np.random.default_rng(seed)
     chunk = max(1, min(n_boot, 4_000_000 // max(n, 1)))  # bounds memory to ~100 MB per chunk
-    aucs = []
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
         idx = np.concatenate([pos[rng.integers(0, pos.size, size=(b, pos.size))],
                               neg[rng.integers(0, neg.size, size=(b, neg.size))]], axis=1)
         flat = (cell[idx] + (2 * n_groups) * np.arange(b)[:, None]).ravel()
-        counts = np.bincount(flat, minlength=b * 2 * n_groups).reshape(b, n_groups, 2)
-        aucs.append(_auc_from_group_counts(counts))
-    aucs = np.concatenate(aucs) if aucs else np.empty(0)
+        yield np.bincount(flat, minlength=b * 2 * n_groups).reshape(b, n_groups, 2)
+
+
+def bootstrap_aucs(y_true, prob, n_boot: int = 1000, seed: int = 0) -> tuple[np.ndarray, int]:
+    """AUCs of the `bootstrap_counts` resamples and how many could not be scored (`n_boot`
+    when a class is absent altogether, else 0). Hand-written because scikit-learn scores one
+    AUC per call (1000 calls on 50k images take minutes)."""
+    aucs = [_auc_from_group_counts(counts) for counts in bootstrap_counts(y_true, prob, n_boot, seed)]
+    if not aucs:
+        return np.empty(0), int(n_boot)
+    aucs = np.concatenate(aucs)
     ok = np.isfinite(aucs)
     return aucs[ok], int((~ok).sum())
+
+
+def bootstrap_roc(y_true, prob, grid: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n_boot, len(grid)) TPR of each `bootstrap_counts` resample's ROC curve at the FPRs of
+    `grid` (linear between the curve's points, as scikit-learn's roc_curve draws it); an
+    empty (0, len(grid)) array when a class is absent. The same resamples as `bootstrap_aucs`."""
+    rows = []
+    for counts in bootstrap_counts(y_true, prob, n_boot, seed):
+        # thresholds from the highest score group down: cumulative counts give each ROC point
+        desc = counts[:, ::-1, :].cumsum(axis=1).astype(np.float64)
+        fpr = np.concatenate([np.zeros((len(desc), 1)), desc[..., 0] / desc[:, -1:, 0]], axis=1)
+        tpr = np.concatenate([np.zeros((len(desc), 1)), desc[..., 1] / desc[:, -1:, 1]], axis=1)
+        rows.extend(np.interp(grid, f, t) for f, t in zip(fpr, tpr))
+    return np.array(rows).reshape(len(rows), len(grid))
 
 
 def bootstrap_auc_ci(y_true, prob, n_boot: int = 1000, seed: int = 0,

@@ -55,25 +55,16 @@ def _diagonal(ax, title: str) -> None:
 
 def roc_band(y_true, prob, *, n_boot: int = 200, seed: int = 0, grid: np.ndarray | None = None,
              alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr grid, low TPR, high TPR): percentiles of bootstrap TPR interpolated on a fixed FPR grid.
+    """(fpr grid, low TPR, high TPR): percentiles of the bootstrap resamples' TPR on a fixed FPR
+    grid. The resamples are `metrics.bootstrap_roc`'s, i.e. the stratified ones the printed AUC
+    CI (`metrics.bootstrap_aucs`) comes from: one bootstrap for the band and the interval."""
+    from medvit.metrics import bootstrap_roc
 
-    Not in scikit-learn: each resample's curve is sklearn's roc_curve, the band is ours.
-    """
-    from sklearn.metrics import roc_curve
-
-    y, p = np.asarray(y_true), np.asarray(prob)
-    grid = np.linspace(0, 1, 101) if grid is None else grid
-    rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, y.size, y.size)
-        if y[idx].min() == y[idx].max():
-            continue  # a resample lacking a class has no ROC curve
-        fpr, tpr, _ = roc_curve(y[idx], p[idx])
-        rows.append(np.interp(grid, fpr, tpr))
-    if not rows:
+    grid = np.linspace(0, 1, 101) if grid is None else np.asarray(grid, dtype=float)
+    rows = bootstrap_roc(y_true, prob, grid, n_boot=n_boot, seed=seed)
+    if not len(rows):
         return grid, np.full_like(grid, np.nan), np.full_like(grid, np.nan)
-    low, high = np.percentile(np.array(rows), [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+    low, high = np.percentile(rows, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
     return grid, low, high
 
 

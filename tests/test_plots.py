@@ -91,3 +91,26 @@ def test_bad_input_is_refused_cleanly(tmp_path):
     with pytest.raises(MedvitError, match="no curves"):
         plot_roc_compare({}, tmp_path / "cmp.png")
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_roc_band_uses_the_auc_ci_resamples():
+    """Issue 11: the band came from an unstratified Python-loop bootstrap while the printed CI came
+    from metrics.bootstrap_aucs. Now both read metrics.bootstrap_counts' stratified resamples."""
+    from sklearn.metrics import roc_curve
+
+    y, p = _sample()
+    y = np.asarray(y)
+    p = np.round(np.asarray(p), 2)  # ties too
+    grid = np.linspace(0, 1, 51)
+    rng = np.random.default_rng(4)  # what bootstrap_counts draws (all 30 rows in one chunk)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    idx = np.concatenate([pos[rng.integers(0, pos.size, size=(30, pos.size))],
+                          neg[rng.integers(0, neg.size, size=(30, neg.size))]], axis=1)
+    curves = []
+    for i in idx:
+        fpr, tpr, _ = roc_curve(y[i], p[i], drop_intermediate=False)
+        curves.append(np.interp(grid, fpr, tpr))
+    low, high = np.percentile(np.array(curves), [2.5, 97.5], axis=0)
+    g, band_low, band_high = roc_band(y, p, n_boot=30, seed=4, grid=grid)
+    np.testing.assert_allclose(band_low, low, atol=1e-12)
+    np.testing.assert_allclose(band_high, high, atol=1e-12)
