@@ -238,6 +238,50 @@ def test_gradcam_releases_hooks_also_after_an_exception():
     assert hooks_left(model) == []
 
 
+def test_gradcam_matches_monai_reference():
+    """medvit's own Grad-CAM (hooks it holds itself) equals MONAI's GradCAM on the same model."""
+    import copy
+
+    from medvit._compat import import_torchvision
+
+    import_torchvision()
+    from monai.visualize import GradCAM
+
+    from medvit.explain import unit_range
+
+    model = create_backbone("cnn_test", num_classes=3, in_chans=1, img_size=SIZE).eval()
+    x = images(4)
+    for cls in (0, 2):
+        ref_model = copy.deepcopy(model)  # MONAI leaves its hooks behind: on a copy
+        ref = GradCAM(nn_module=ref_model, target_layers="stage3", postprocessing=unit_range)(x, class_idx=cls)
+        torch.testing.assert_close(gradcam(model, x, target_class=cls), ref[:, 0].float(), atol=1e-5, rtol=0)
+    binary = create_backbone("cnn_test", num_classes=1, in_chans=1, img_size=SIZE).eval()
+    ref = GradCAM(nn_module=copy.deepcopy(binary), target_layers="stage3", postprocessing=unit_range)(x, class_idx=0)
+    torch.testing.assert_close(gradcam(binary, x), ref[:, 0].float(), atol=1e-5, rtol=0)
+
+
+def test_gradcam_leaves_other_hooks_alone():
+    """Issue 11: cleanup edited torch's private hook tables, deleting every hook added meanwhile,
+    also ones that are not Grad-CAM's. Holding its own handles, Grad-CAM removes only its own."""
+    model = create_backbone("cnn_test", num_classes=1, in_chans=1, img_size=SIZE).eval()
+    seen = []
+
+    class Lazy(nn.Module):  # registers a hook of its own on the first forward (lazy set-up)
+        def forward(self, x):
+            if not seen:
+                seen.append(model.fc.register_forward_hook(lambda m, a, out: seen.append(out.shape)))
+            return x
+
+    model.stage1.add_module("lazy", Lazy())
+    gradcam(model, images(2))
+    fired = len(seen)
+    with torch.no_grad():
+        model(images(2))
+    assert len(seen) == fired + 1  # the model's own hook is still there and fired again
+    seen[0].remove()
+    assert hooks_left(model) == []
+
+
 def test_method_errors():
     cnn = create_backbone("cnn_test", num_classes=1, in_chans=1, img_size=SIZE)
     with pytest.raises(ConfigError, match="did you mean 'rollout'"):

@@ -1,13 +1,17 @@
-"""Grad-CAM for CNN backbones through MONAI, with its hooks released afterwards.
+"""Grad-CAM for CNN backbones (Selvaraju et al. 2017), with hooks medvit holds itself.
 
-`monai.visualize.GradCAM` registers a forward and a full backward hook on the target layer and
-keeps no handles, so they would stay on the model for good (and turn off `inplace` on the
-target layer if it had it). `released_hooks` snapshots every submodule's hook tables first and
-restores them in a `finally`, also when the forward or backward raises.
+    weights_k = mean over (h, w) of d score / d A_k      (A: the target layer's output, (B, K, h, w))
+    cam       = ReLU(sum_k weights_k * A_k), upsampled bilinearly to the input, min-max scaled per image
 
-MONAI's default post-processing (`default_normalizer`) maps each map's (min, max) to (1, 0):
-high would mean *unimportant*. We pass a min-max normaliser that keeps the direction (checked by
-a test with a known answer).
+The target layer's output is captured by one forward hook whose handle is removed in a
+`finally` (public API only, as `medvit.explain.attention` does; the pytorch-grad-cam pattern),
+and the gradient is taken with `torch.autograd.grad` with respect to that output, so no backward
+hook is registered and no parameter `.grad` is left behind. Written here rather than through
+MONAI's GradCAM, which registers hooks without keeping their handles (so they could only be
+removed by editing torch's private hook tables). `tests/test_explain.py` checks the maps against
+MONAI's on the same model and a known answer.
+
+High = supports the target (MONAI's default normaliser maps high to 0: not used).
 """
 from __future__ import annotations
 
@@ -15,13 +19,10 @@ import contextlib
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medvit.errors import ConfigError
-
-_HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-                "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-                "_forward_pre_hooks_with_kwargs")
 
 
 def unit_range(maps: torch.Tensor) -> torch.Tensor:
@@ -34,24 +35,15 @@ def unit_range(maps: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def released_hooks(model: nn.Module) -> Iterator[None]:
-    """Remove, on exit, every hook added to any submodule inside the block (and restore the
-    `inplace` flags and full-backward-hook markers MONAI changes)."""
-    saved = []
-    for m in model.modules():
-        keys = {t: set(getattr(m, t, {}) or {}) for t in _HOOK_TABLES}
-        saved.append((m, keys, m._is_full_backward_hook, m.__dict__.get("inplace")))
+def captured_output(layer: nn.Module) -> Iterator[dict]:
+    """{"out": the layer's output} of the forwards run inside the block; the hook is removed on
+    exit, also when the forward raises."""
+    store: dict = {}
+    handle = layer.register_forward_hook(lambda module, args, out: store.update(out=out))
     try:
-        yield
+        yield store
     finally:
-        for m, keys, full, inplace in saved:
-            for table in _HOOK_TABLES:
-                hooks = getattr(m, table, None)
-                for key in [k for k in (hooks or {}) if k not in keys[table]]:
-                    del hooks[key]
-            m._is_full_backward_hook = full
-            if inplace is not None:
-                m.inplace = inplace
+        handle.remove()
 
 
 def gradcam_layer(model: nn.Module) -> str:
@@ -63,47 +55,39 @@ def gradcam_layer(model: nn.Module) -> str:
     return layer
 
 
-def _targets(model: nn.Module, images: torch.Tensor, target_class: int | None) -> torch.Tensor:
-    """Class index per image: `target_class`, else the predicted class (one logit: that logit)."""
-    with torch.no_grad():
-        training = model.training
-        model.eval()
-        try:
-            logits = model(images)
-        finally:
-            model.train(training)
+def _scores(logits: torch.Tensor, target_class: int | None) -> torch.Tensor:
+    """The logit explained per image: `target_class`, else the predicted class (one logit: that logit)."""
     n_out = logits.shape[1]
     if target_class is None:
-        return logits.argmax(1) if n_out > 1 else torch.zeros(len(images), dtype=torch.long)
-    if not 0 <= int(target_class) < n_out:
+        targets = logits.argmax(1) if n_out > 1 else torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+    elif not 0 <= int(target_class) < n_out:
         raise ConfigError(f"target_class {target_class} is out of range for a model with {n_out} output(s)")
-    return torch.full((len(images),), int(target_class), dtype=torch.long)
+    else:
+        targets = torch.full((len(logits),), int(target_class), dtype=torch.long, device=logits.device)
+    return logits.gather(1, targets[:, None])[:, 0]
 
 
 def gradcam(model: nn.Module, images: torch.Tensor, target_class: int | None = None) -> torch.Tensor:
-    """(B, H, W) Grad-CAM in [0, 1] (high = supports the target), at the input's size.
+    """(B, H, W) Grad-CAM in [0, 1] (high = supports the target), at the input's size, on the CPU.
 
     Target: `target_class`, else each image's predicted class; a binary model (one logit) is
-    explained through that logit. MONAI scores a batch with one class index, so images are
-    grouped by target."""
-    layer = gradcam_layer(model)
-    from medvit._compat import import_torchvision
-
-    import_torchvision()  # MONAI may import torchvision; go through medvit's guard first
-    from monai.visualize import GradCAM
-
+    explained through that logit. The model runs in eval mode (its mode is restored after)."""
+    layer = model.get_submodule(gradcam_layer(model))
     device = next(model.parameters()).device
-    images = images.to(device).float()
-    out = torch.zeros(images.shape[0], *images.shape[2:])
+    # requires_grad on the input: a graph exists even if the weights are frozen
+    x = images.to(device).float().clone().requires_grad_(True)
+    training = model.training
+    model.eval()
     try:
-        with released_hooks(model), torch.enable_grad():
-            targets = _targets(model, images, target_class).cpu()
-            cam = GradCAM(nn_module=model, target_layers=layer, postprocessing=unit_range)
-            for cls in targets.unique().tolist():
-                idx = targets == cls
-                # requires_grad on the input: a graph exists even if the weights are frozen
-                x = images[idx.to(device)].clone().requires_grad_(True)
-                out[idx] = cam(x, class_idx=int(cls))[:, 0].detach().float().cpu()
+        with torch.enable_grad(), captured_output(layer) as store:
+            logits = model(x)
+            acts = store["out"]  # (B, K, h, w)
+            scores = _scores(logits, target_class)
+            # images are independent in eval mode: d(sum of scores)/dA_b = d score_b / dA_b
+            (grads,) = torch.autograd.grad(scores.sum(), acts)
     finally:
-        model.zero_grad(set_to_none=True)  # MONAI's backward leaves a parameter-sized .grad behind
-    return out
+        model.train(training)
+    weights = grads.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1)
+    cam = F.relu((weights * acts).sum(dim=1, keepdim=True)).detach()  # (B, 1, h, w)
+    cam = F.interpolate(cam.float(), size=tuple(images.shape[2:]), mode="bilinear", align_corners=False)
+    return unit_range(cam[:, 0]).cpu()
