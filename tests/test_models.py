@@ -1,6 +1,7 @@
 """medvit.models: registry, shapes, ViT grids, seed models' sizes, weights from disk."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -321,3 +322,40 @@ def test_pretrained_unavailable_is_a_config_error(monkeypatch):
         create_backbone("resnet18", pretrained=True)
     with pytest.raises(ConfigError, match="vit_small_patch32_224.*hub unreachable"):
         create_backbone("vit_small", patch_size=32, img_size=64, pretrained=True)
+
+
+def test_pretrained_normalisation_from_a_local_weights_file(tmp_path):
+    """Issue 11: ImageNet weights were fed [0, 1] images. Their timm pretrained_cfg mean/std
+    (averaged over RGB for the one-channel stem timm sums) is applied by the model itself,
+    stored in the checkpoint and re-attached wherever a checkpoint is loaded (evaluate,
+    explain, predict all build through build_model_from_checkpoint). No hub: a local file."""
+    from fake_cache import make_manifest
+    from medvit._compat import import_timm
+    from medvit.config import load_config
+    from medvit.train import fit
+    from medvit.train.checkpoint import build_model_from_checkpoint, load_checkpoint
+
+    weights = tmp_path / "imagenet.pth"
+    torch.save(import_timm().create_model("resnet10t", pretrained=False, num_classes=1000).state_dict(), weights)
+    mean, std = float(np.mean([0.485, 0.456, 0.406])), float(np.mean([0.229, 0.224, 0.225]))
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    model = create_backbone("resnet10t", num_classes=1, in_chans=1, img_size=32, weights=str(weights)).eval()
+    assert model.medvit_input_norm["mean"] == pytest.approx([mean]) and model.medvit_input_norm["std"] == pytest.approx([std])
+    bare = create_backbone("resnet10t", num_classes=1, in_chans=1, img_size=32).eval()
+    assert getattr(bare, "medvit_input_norm", None) is None  # from scratch: identity
+    bare.load_state_dict(model.state_dict())  # state dicts unchanged: the statistics are not in them
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), bare((x - mean) / std))
+
+    data = make_manifest(tmp_path / "data", 32, n_patients=4)
+    cfg = load_config(None, [f"data.dir={data}", "data.image_size=32", "data.batch_size=4", "data.workers=0",
+                             "model.backbone=resnet10t", f"model.weights={weights}", "train.max_steps=1",
+                             "train.device=cpu"])
+    fit(cfg, tmp_path / "run")
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["input_norm"]["mean"] == pytest.approx([mean]) and ckpt["input_norm"]["std"] == pytest.approx([std])
+    loaded = build_model_from_checkpoint(ckpt)
+    bare.load_state_dict(ckpt["model"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), bare((x - mean) / std))
