@@ -162,3 +162,43 @@ def test_item_augmentation_depends_only_on_seed_epoch_index(data_dir):
     other.set_epoch(4)
     assert not torch.equal(other[2][0], first)
     assert item_seed(5, 3, 2) != item_seed(5, 3, 1) != item_seed(6, 3, 1)
+
+
+def test_helpers_live_where_a_newcomer_looks(tmp_path, monkeypatch):
+    """Issue 11: one manifest reader (ingest_size reads through read_manifest), one constant for
+    the 512 default, quiet_pydicom beside the DICOM reader, model_input beside the models."""
+    import inspect
+    import logging
+
+    import medvit.data.datasets as datasets
+    import medvit.ingest_workers as workers
+    from fake_cache import make_manifest
+    from medvit.commands.ingest import register
+    from medvit.dicom import DEFAULT_SIZE
+    from medvit.dicom.normalize import preprocess
+    from medvit.dicom.read import quiet_pydicom
+    from medvit.ingest import ingest_size
+    from medvit.models import create_backbone
+    from medvit.models.inputs import model_input
+
+    data = make_manifest(tmp_path / "d", 24, n_patients=2)
+    frame = pd.read_csv(data / "manifest.csv")
+    frame.assign(settings="size=24;v=4").to_csv(data / "manifest.csv", index=False)
+    calls = []
+    real = datasets.read_manifest
+    monkeypatch.setattr(datasets, "read_manifest", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert ingest_size(data) == 24 and calls  # the one reader
+    assert ingest_size(tmp_path / "nowhere") == DEFAULT_SIZE == 512
+    for fn in (preprocess, create_backbone, datasets.MammoDataset.__init__, datasets.mammo_splits):
+        params = inspect.signature(fn).parameters
+        assert DEFAULT_SIZE in {params[k].default for k in ("size", "img_size", "image_size") if k in params}
+    assert not hasattr(workers, "quiet_pydicom")
+    logger = logging.getLogger("pydicom")
+    with quiet_pydicom():
+        assert logger.level == logging.CRITICAL
+    assert model_input(np.zeros((8, 8), np.uint16), 4).shape == (1, 4, 4)
+    import argparse
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub)
+    assert sub.choices["ingest"].parse_args(["src"]).size == DEFAULT_SIZE

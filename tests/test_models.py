@@ -359,3 +359,16 @@ def test_pretrained_normalisation_from_a_local_weights_file(tmp_path):
     bare.load_state_dict(ckpt["model"])
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), bare((x - mean) / std))
+
+
+def test_timm_vits_are_generated_by_one_builder():
+    """Issue 11: vit_tiny / vit_small / vit_base had identical bodies; one generated entry each."""
+    from medvit.models.vit import _TIMM_WIDTHS
+
+    entries = [registry._BACKBONES[f"vit_{size}"] for size in ("tiny", "small", "base")]
+    assert len({fn.__code__ for fn in entries}) == 1
+    assert [fn.__name__ for fn in entries] == ["vit_tiny", "vit_small", "vit_base"]
+    for size, (embed, depth, heads) in _TIMM_WIDTHS.items():
+        with torch.device("meta"):
+            model = create_backbone(f"vit_{size}", img_size=32, patch_size=16)
+        assert (model.embed_dim, len(model.blocks), model.blocks[0].attn.num_heads) == (embed, depth, heads)

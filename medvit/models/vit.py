@@ -92,34 +92,22 @@ def vit(num_classes: int, in_chans: int, img_size: int, patch_size: int = 16,
                      drop_rate=drop_rate, drop_path_rate=drop_path_rate)
 
 
-@register_backbone(kind="vit")
-def vit_tiny(num_classes: int, in_chans: int, img_size: int, patch_size: int = 16,
-             drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-             pretrained: bool = False) -> nn.Module:
-    """timm's ViT-Ti: embed 192, 12 layers, 3 heads, MLP 768."""
-    return _timm_vit("tiny", patch_size, num_classes=num_classes, in_chans=in_chans,
-                     img_size=img_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
-                     pretrained=pretrained)
+def _timm_entry(size: str, doc: str) -> None:
+    """Register `vit_<size>` (one builder, one line per model below, as cnn.py's `_entry`)."""
+
+    def entry(num_classes: int, in_chans: int, img_size: int, patch_size: int = 16,
+              drop_rate: float = 0.0, drop_path_rate: float = 0.0, pretrained: bool = False) -> nn.Module:
+        return _timm_vit(size, patch_size, num_classes=num_classes, in_chans=in_chans, img_size=img_size,
+                         drop_rate=drop_rate, drop_path_rate=drop_path_rate, pretrained=pretrained)
+
+    entry.__name__ = entry.__qualname__ = f"vit_{size}"
+    entry.__doc__ = doc
+    register_backbone(entry, kind="vit")
 
 
-@register_backbone(kind="vit")
-def vit_small(num_classes: int, in_chans: int, img_size: int, patch_size: int = 16,
-              drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-              pretrained: bool = False) -> nn.Module:
-    """timm's ViT-S: embed 384, 12 layers, 6 heads, MLP 1536."""
-    return _timm_vit("small", patch_size, num_classes=num_classes, in_chans=in_chans,
-                     img_size=img_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
-                     pretrained=pretrained)
-
-
-@register_backbone(kind="vit")
-def vit_base(num_classes: int, in_chans: int, img_size: int, patch_size: int = 16,
-             drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-             pretrained: bool = False) -> nn.Module:
-    """timm's ViT-B: embed 768, 12 layers, 12 heads, MLP 3072."""
-    return _timm_vit("base", patch_size, num_classes=num_classes, in_chans=in_chans,
-                     img_size=img_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
-                     pretrained=pretrained)
+_timm_entry("tiny", "timm's ViT-Ti: embed 192, 12 layers, 3 heads, MLP 768.")
+_timm_entry("small", "timm's ViT-S: embed 384, 12 layers, 6 heads, MLP 1536.")
+_timm_entry("base", "timm's ViT-B: embed 768, 12 layers, 12 heads, MLP 3072.")
 
 
 @register_backbone(kind="vit")
