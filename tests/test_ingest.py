@@ -496,3 +496,25 @@ def test_empty_or_missing_source_fails_naming_it_and_writes_nothing(tmp_path, ca
     assert main(["ingest", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
     assert "missing: not a folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_public_ct_slice_with_id_equal_to_name(tmp_path, capfd):
+    """pydicom's bundled 693_J2KI.dcm is the corpus' 693_UNCI.dcm CT head slice (Modality CT,
+    PatientID = PatientName = 'CQ500-CT-310') in JPEG 2000: refused as not_mammogram, accepted
+    with --any-modality, and its PatientID appears in no output either way."""
+    from pydicom.data import get_testdata_file
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy2(get_testdata_file("693_J2KI.dcm", download=False), src / "693_J2KI.dcm")
+    secret = "CQ500-CT-310"
+    for flags in ([], ["--any-modality"]):
+        out = tmp_path / ("any" if flags else "mg")
+        assert main(["ingest", str(src), "--out", str(out), "--size", "32", "--workers", "1", *flags]) == 0
+        (row,) = read_manifest(out)
+        if flags:
+            assert (row["status"], row["modality"], row["patient_id_source"]) == ("ok", "CT", "header_hmac")
+        else:
+            assert (row["status"], row["reason"]) == ("error", "not_mammogram")
+        blobs = [p.read_bytes() for p in out.rglob("*") if p.is_file()] + [capfd.readouterr().err.encode()]
+        assert not any(secret.encode() in blob for blob in blobs)
