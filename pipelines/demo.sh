@@ -15,8 +15,8 @@ echo "== 2/6 ingest: DICOM -> 512x512 cache + manifest (resumable: a rerun skips
 medvit ingest "$OUT/rsna" --out "$OUT/data" --no-progress
 
 echo "== 3/6 train: a CNN and a ViT (patch 16) at 128 px, same trainer, validation fold 0"
-medvit train --config configs/demo_cnn.yaml --data "$OUT/data" --epochs "$EPOCHS" --out "$OUT/runs/cnn" data.workers=1
-medvit train --config configs/demo_vit.yaml --data "$OUT/data" --epochs "$EPOCHS" --out "$OUT/runs/vit" data.workers=1
+medvit train --config demo_cnn --data "$OUT/data" --epochs "$EPOCHS" --out "$OUT/runs/cnn" data.workers=1
+medvit train --config demo_vit --data "$OUT/data" --epochs "$EPOCHS" --out "$OUT/runs/vit" data.workers=1
 
 echo "== 4/6 evaluate: AUC with bootstrap CI, sens@spec, pF1, per breast; ROC/PR plots"
 medvit evaluate "$OUT/runs/cnn"
