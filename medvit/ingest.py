@@ -48,7 +48,7 @@ from medvit.manifest import (  # noqa: F401 (re-exported: medvit.ingest.* is the
     read_journal, reusable, write_csv,
 )
 
-from medvit.dicom import DEFAULT_SIZE  # noqa: E402 (`medvit ingest --size`)
+from medvit.dicom import DEFAULT_SIZE  # `medvit ingest --size`
 from medvit.privacy import PatientIds, patient_ids
 
 DEFAULT_DATA_DIR = "medvit-data"

@@ -112,7 +112,7 @@ class DicomFiles:
         self.folder, self.rels = folder, rels
         self.ingest_size, self.image_size, self.in_chans = ingest_size, image_size, in_chans
         self.keep_display = keep_display
-        self.ids = ids if ids is not None else PatientIds(None)
+        self.ids = ids if ids is not None else patient_ids()  # pseudonyms unless told otherwise
         self.any_modality = any_modality
 
     def __len__(self) -> int:

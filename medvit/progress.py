@@ -46,9 +46,6 @@ class PlainProgress:
             self._line()
         self.closed = True
 
-    def set_postfix_str(self, *_: Any, **__: Any) -> None:  # tqdm's API, ignored off a terminal
-        pass
-
 
 def progress_bar(total: int, desc: str, unit: str = "it", *, enabled: bool | None = None,
                  every: int | None = None, file: IO[str] | None = None, initial: int = 0,
