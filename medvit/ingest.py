@@ -39,6 +39,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from medvit.dicom import DEFAULT_SIZE  # `medvit ingest --size`
 from medvit.errors import ConfigError, MedvitError
 from medvit.ingest_workers import run_pool, run_serial
 from medvit.io import write_text
@@ -47,8 +48,6 @@ from medvit.manifest import (  # noqa: F401 (re-exported: medvit.ingest.* is the
     assign_folds, assign_image_ids, build_rows, image_stem, labels_without_file, load_labels,
     read_journal, reusable, write_csv,
 )
-
-from medvit.dicom import DEFAULT_SIZE  # `medvit ingest --size`
 from medvit.privacy import PatientIds, patient_ids
 
 DEFAULT_DATA_DIR = "medvit-data"

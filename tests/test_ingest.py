@@ -518,3 +518,20 @@ def test_public_ct_slice_with_id_equal_to_name(tmp_path, capfd):
             assert (row["status"], row["reason"]) == ("error", "not_mammogram")
         blobs = [p.read_bytes() for p in out.rglob("*") if p.is_file()] + [capfd.readouterr().err.encode()]
         assert not any(secret.encode() in blob for blob in blobs)
+
+
+def test_rsna_syntax_file_with_a_modality_lut_item_lacking_its_descriptor_ingests_ok(tmp_path):
+    """The defect of pylibjpeg-data's JPEGLosslessSV1/JPEGLosslessP14SV1_1s_1f_u_16_16.dcm (a
+    16-bit JPEG Lossless SV1 image whose Modality LUT Sequence item has no LUTDescriptor) rebuilt
+    with pydicom: it was `decode_failed (TypeError ...)`; now ok, the fallback in the manifest."""
+    from dicom_factory import breast_image, edit_dicom, lut_item, write_dicom
+
+    src = tmp_path / "src"
+    src.mkdir()
+    sv1 = write_dicom(tmp_path / "sv1.dcm", breast_image(96, 80, bits=16), syntax="sv1", bits_stored=16)
+    edit_dicom(sv1, src / "JPEGLosslessP14SV1_1s_1f_u_16_16.dcm", Modality=None, SOPClassUID=None,
+               ModalityLUTSequence=[lut_item(range(0, 65536, 16), None)])
+    summary = ingest(src, tmp_path / "data", size=32, workers=1, progress=False)
+    (row,) = read_manifest(tmp_path / "data")
+    assert summary["ok"] == 1 and (row["status"], row["transfer_syntax"]) == ("ok", "1.2.840.10008.1.2.4.70")
+    assert row["lut_fallback"] == "modality_lut:identity" and row["voi"] == "minmax"
