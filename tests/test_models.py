@@ -359,6 +359,14 @@ def test_pretrained_normalisation_from_a_local_weights_file(tmp_path):
     bare.load_state_dict(ckpt["model"])
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), bare((x - mean) / std))
+    # a medvit checkpoint as --weights brings the normalisation it was trained with (none from scratch)
+    again = create_backbone("resnet10t", num_classes=1, in_chans=1, img_size=32,
+                            weights=str(tmp_path / "run" / "checkpoints" / "last.pt"))
+    assert again.medvit_input_norm == ckpt["input_norm"]
+    scratch = tmp_path / "scratch.pt"
+    torch.save({"format": "medvit-checkpoint-1", "model": bare.state_dict(), "input_norm": None}, scratch)
+    assert create_backbone("resnet10t", num_classes=1, in_chans=1, img_size=32,
+                           weights=str(scratch)).medvit_input_norm is None
 
 
 def test_timm_vits_are_generated_by_one_builder():

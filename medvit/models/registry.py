@@ -113,9 +113,10 @@ def create_backbone(name: str, num_classes: int = 1, in_chans: int = 1, img_size
     model = fn(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kw)
     if weights is not None:
         load_weights(model, weights)
-    if weights is not None or kw.get("pretrained"):  # ImageNet weights expect their normalisation
+    if (weights is not None or kw.get("pretrained")) and not hasattr(model, "medvit_input_norm"):
         from medvit.models.inputs import attach_input_norm, pretrained_norm
 
+        # ImageNet weights expect their normalisation (a medvit checkpoint brought its own)
         attach_input_norm(model, pretrained_norm(model, in_chans))
     model.medvit_name = name
     model.medvit_kind = _KINDS[name] or _guess_kind(model)
@@ -169,7 +170,8 @@ def _check_interface(name: str, model: nn.Module) -> None:
 
 # ---- weights from disk ---------------------------------------------------------------------
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, meta): meta holds "input_norm" when the file is a medvit checkpoint."""
     if not path.is_file():
         raise ConfigError(f"{path}: weights file not found")
     try:
@@ -181,12 +183,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt file, pickled code, wrong format: all the same to the user
         raise ConfigError(f"{path}: cannot read weights ({type(err).__name__}: {err})") from err
+    meta = {}
+    if isinstance(state, dict) and str(state.get("format", "")).startswith("medvit-checkpoint"):
+        meta["input_norm"] = state.get("input_norm")  # a medvit run's own normalisation (None: none)
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{path}: not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}  # DDP-saved files
+    return {k.removeprefix("module."): v for k, v in state.items()}, meta  # DDP-saved files
 
 
 def _classifier_prefix(model: nn.Module) -> str:
@@ -230,7 +235,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     first where timm has one, then stem / position / classifier adaptation, then a strict
     check that every other tensor matched."""
     path = Path(path)
-    state = _read_state_dict(path)
+    state, meta = _read_state_dict(path)
     # timm keeps a checkpoint_filter_fn beside each architecture that converts other layouts
     # (original repos, old patch embeddings) to its own and resamples ViT positions.
     filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
@@ -243,4 +248,8 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     if missing or unexpected:
         raise ConfigError(f"{path}: does not match the model (missing {missing[:5]}, "
                           f"unexpected {unexpected[:5]})")
+    if "input_norm" in meta:  # a medvit checkpoint: the normalisation it was trained with
+        from medvit.models.inputs import attach_input_norm
+
+        attach_input_norm(model, meta["input_norm"])
     return model
