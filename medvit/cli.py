@@ -2,7 +2,7 @@
 
 Each subcommand is a small module in `medvit.commands` with `register(subparsers)` and a
 `run(args) -> int`. Those modules import nothing heavy at top level, so `medvit --help` stays
-instant; torch, timm, monai and albumentations are imported inside `run`.
+instant; torch, timm and albumentations are imported inside `run`.
 """
 from __future__ import annotations
 

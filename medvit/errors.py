@@ -29,9 +29,10 @@ class DicomError(MedvitError):
     """A DICOM file cannot be turned into an image. `reason` is a short, stable label; quoted
     values in `detail` are scrubbed (`scrub_quoted`), as the detail reaches manifests and CSVs."""
 
-    def __init__(self, path: str | Path, reason: str, detail: str = "") -> None:
+    def __init__(self, path: str | Path, reason: str, detail: str = "", info: dict | None = None) -> None:
         self.path = str(path)
         self.reason = reason
+        self.info = dict(info or {})  # whitelisted header facts still worth recording (e.g. modality)
         self.detail = detail = scrub_quoted(detail)
         msg = f"{self.path}: {reason}" + (f" ({detail})" if detail else "")
         super().__init__(msg)

@@ -60,13 +60,14 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def settings_key(size: int, any_modality: bool = False) -> str:
-    """What a cached .npy depends on besides the source file: the size, the preprocessing
-    version (`medvit.dicom.normalize.VERSION`, imported here to keep `import medvit.ingest` light)
-    and whether non-mammograms were accepted."""
+def settings_key(size: int) -> str:
+    """What a cached .npy depends on besides the source file: the size and the preprocessing
+    version (`medvit.dicom.normalize.VERSION`, imported here to keep `import medvit.ingest` light).
+    `--any-modality` is not part of it: toggling it redoes only the files it decides
+    (`medvit.manifest.reusable`), not every mammogram."""
     from medvit.dicom.normalize import VERSION
 
-    return f"size={size};v={VERSION}" + (";any_modality" if any_modality else "")
+    return f"size={size};v={VERSION}"
 
 
 def ingest_size(data_dir: str | Path | None) -> int:
@@ -213,7 +214,7 @@ def ingest(
     write_text(journal_path, "".join(json.dumps(done[r], sort_keys=True) + "\n" for r in rels))
     settings = {"src": str(src), "out": str(out), "labels": str(labels_path) if labels_path else None,
                 "label_column": label_column, "size": size, "workers": workers, "folds": folds,
-                "seed": seed, "settings_key": settings_key(size, any_modality), "preprocess_version": VERSION,
+                "seed": seed, "settings_key": settings_key(size), "preprocess_version": VERSION,
                 "any_modality": any_modality, "patient_ids": "raw" if raw_patient_ids else "hmac"}
     text = json.dumps({"settings": settings, "summary": summary}, indent=2, sort_keys=True)
     write_text(out / "ingest.json", text + "\n")
@@ -223,7 +224,7 @@ def ingest(
 def _plan(src: Path, out: Path, rels: list[str], ids: dict[str, str], size: int, journal: dict[str, dict],
           any_modality: bool = False, id_mode: str = "raw") -> tuple[list[dict], dict[str, dict]]:
     """Split the files into tasks to run and journal records still valid (resume)."""
-    key = settings_key(size, any_modality)
+    key = settings_key(size)
     todo: list[dict] = []
     done: dict[str, dict] = {}
     for rel in rels:

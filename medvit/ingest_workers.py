@@ -19,7 +19,7 @@ from medvit.io import save_npy
 from medvit.manifest import INFO_COLUMNS
 
 _INFO_KEYS = set(INFO_COLUMNS) | {"patient_id", "laterality", "laterality_source", "view"}
-_TASK_KEYS = ("path", "image_id", "source_size", "source_mtime_ns", "settings", "ids")  # echoed in records
+_TASK_KEYS = ("path", "image_id", "source_size", "source_mtime_ns", "settings", "ids", "any_modality")  # echoed in records
 
 
 def _exit_with(parent: int) -> None:
@@ -80,11 +80,11 @@ def process_one(task: dict, preprocess: Callable | None = None) -> dict:
             raise ValueError("preprocess returned a wrong shape or dtype")
         save_npy(Path(task["cache_abs"]), image)
     except DicomError as err:
-        return failed_record(task, err.reason, shorten(err.detail, 160))
+        return failed_record(task, err.reason, shorten(err.detail, 160), err.info)
     except Exception as err:  # a bug or a decoder failure must not stop the batch
         return failed_record(task, "internal", type(err).__name__)
     info = {k: v for k, v in (out.info or {}).items() if k in _INFO_KEYS}
-    record = {k: task[k] for k in _TASK_KEYS}
+    record = {k: task.get(k) for k in _TASK_KEYS}
     record.update(status="ok", reason="", error="", cache=task["cache"], info=_jsonable(info))
     return record
 
@@ -101,10 +101,11 @@ def _jsonable(info: dict) -> dict:
     return out
 
 
-def failed_record(task: dict, reason: str, detail: str = "") -> dict:
-    record = {k: task[k] for k in _TASK_KEYS}
+def failed_record(task: dict, reason: str, detail: str = "", info: dict | None = None) -> dict:
+    record = {k: task.get(k) for k in _TASK_KEYS}
     error = f"{reason}: {detail}" if detail else reason
-    record.update(status="error", reason=reason, error=error, cache="", info={})
+    info = {k: v for k, v in (info or {}).items() if k in _INFO_KEYS}
+    record.update(status="error", reason=reason, error=error, cache="", info=_jsonable(info))
     return record
 
 

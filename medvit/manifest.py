@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from medvit.errors import ConfigError
 from medvit.io import write_text
+from medvit.privacy import folder_id
 
 if TYPE_CHECKING:
     from medvit.privacy import PatientIds
@@ -143,12 +144,23 @@ def reusable(record: dict | None, task: dict, out: Path) -> bool:
         return False
     same = all(record.get(k) == task[k] for k in
                ("image_id", "source_size", "source_mtime_ns", "settings", "ids"))
-    if not same:
+    if not same or _modality_decision_changed(record, task):
         return False
     if record.get("status") == "ok":
         return (out / record.get("cache", "")).is_file()
     return record.get("reason") not in RETRIED_REASONS
 
+
+
+def _modality_decision_changed(record: dict, task: dict) -> bool:
+    """True when `--any-modality` changed since the record and decides this file: a refused
+    non-mammogram now accepted, or a non-MG file accepted only under the flag now refused."""
+    if bool(task.get("any_modality")) == bool(record.get("any_modality")):
+        return False
+    if record.get("reason") == "not_mammogram":
+        return True
+    modality = (record.get("info") or {}).get("modality", "")
+    return record.get("status") == "ok" and modality not in ("", "MG")
 
 
 # ----------------------------------------------------------------------------- rows
@@ -177,7 +189,7 @@ def build_rows(rels: list[str], records: dict[str, dict], src: Path,
         elif info.get("patient_id"):
             patient, source = _fmt(info["patient_id"]), _fmt(info.get("patient_id_source"))
         else:
-            parent = rel.rsplit("/", 2)[-2] if "/" in rel else src.resolve().name
+            parent = folder_id(rel, src)
             patient, source = ids.pseudonym(parent, "folder") if ids is not None else (parent, "folder")
         row = {
             "image_id": rec["image_id"],

@@ -30,7 +30,7 @@ import numpy as np
 
 from medvit.errors import ConfigError, DicomError, MedvitError, shorten
 from medvit.io import atomic_path, printable, write_text
-from medvit.privacy import PatientIds, patient_ids
+from medvit.privacy import PatientIds, folder_id, patient_ids
 
 COLUMNS = ["path", "image_id", "patient_id", "patient_id_source", "modality", "laterality", "laterality_source",
            "view", "prob", "pred", "status", "error"]
@@ -130,12 +130,16 @@ class DicomFiles:
                                  any_modality=self.any_modality)
             item["image"] = model_input(out.image, self.image_size, self.in_chans)
             info = dict(out.info)
-            info["patient_id"], info["patient_id_source"] = self.ids.pseudonym(info.get("patient_id", ""))
+            header_id = info.get("patient_id", "")
+            info["patient_id"], info["patient_id_source"] = (  # as ingest: the header's, else the folder's
+                self.ids.pseudonym(header_id) if header_id
+                else self.ids.pseudonym(folder_id(self.rels[index], self.folder), "folder"))
             item["meta"] = {k: str(info.get(k, "") or "") for k in META_KEYS}  # whitelist: no PHI
             if self.keep_display:
                 item["display"] = out.image
         except DicomError as err:
             item["error"] = shorten(f"{err.reason}: {err.detail}" if err.detail else err.reason)
+            item["meta"] = {k: str(err.info.get(k, "") or "") for k in META_KEYS}
         except Exception as err:  # a bug or a decoder crash must not stop the batch; messages can
             item["error"] = f"internal: {type(err).__name__}"  # quote header values, so type only
         return item
@@ -169,6 +173,7 @@ def result_rows(p: Predictor, items: list[dict], probs: np.ndarray | None, rels:
         rel = rels[it["index"]]
         row = {"path": printable(rel), "image_id": ids[rel], **dict.fromkeys(META_KEYS, ""),
                "prob": "", "pred": "", "status": "error", "error": printable(it["error"])}
+        row.update({k: v for k, v in it["meta"].items() if v})  # what an error row still knows
         if it["error"] == "":
             row.update(it["meta"], status="ok")
             pr = probs[k]

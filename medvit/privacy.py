@@ -35,7 +35,7 @@ def key_file() -> Path:
     return Path(base) / "medvit" / "id_key"
 
 
-def load_key(key: str | None = None, *, create: bool = True) -> bytes:
+def load_key(key: str | None = None) -> bytes:
     """The pseudonym key: `key`, else $MEDVIT_ID_KEY, else the key file (created when missing)."""
     for value, where in ((key, "--id-key"), (os.environ.get(KEY_ENV), KEY_ENV)):
         if value is not None:
@@ -45,8 +45,6 @@ def load_key(key: str | None = None, *, create: bool = True) -> bytes:
             return value.strip().encode("utf-8")
     path = key_file()
     if not path.is_file():
-        if not create:
-            raise ConfigError(f"{path}: no patient-ID key; run `medvit ingest` once or pass --id-key")
         _create_key(path)
     text = path.read_text(encoding="utf-8").strip()
     if not text:
@@ -56,13 +54,23 @@ def load_key(key: str | None = None, *, create: bool = True) -> bytes:
 
 
 def _create_key(path: Path) -> None:
-    from medvit.io import atomic_path
+    """Write a new random key to `path` unless another process got there first. The key is
+    written to a temp file and hard-linked into place (atomic, and never replaces a key that
+    exists: two first runs started together end with one key, not two)."""
+    import tempfile
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".id_key.")  # mode 0600
+    try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(secrets.token_hex(32) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        return  # another process created it: use theirs
+    finally:
+        os.unlink(tmp)
     print(f"medvit: created the patient-ID key {path} (keep it: it maps pseudonyms back to patient IDs)",
           file=sys.stderr)
 
@@ -98,3 +106,9 @@ def patient_ids(id_key: str | None = None, raw: bool = False) -> PatientIds:
             raise ConfigError("--raw-patient-ids and --id-key exclude each other: raw IDs are not hashed")
         return PatientIds(None)
     return PatientIds(load_key(id_key))
+
+
+def folder_id(rel: str, src: Path) -> str:
+    """The patient ID a file without a header PatientID falls back to: its parent folder's name
+    (RSNA's layout is <patient_id>/<image_id>.dcm), SRC's own name for a file at the top."""
+    return rel.rsplit("/", 2)[-2] if "/" in rel else Path(src).resolve().name

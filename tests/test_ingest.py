@@ -478,12 +478,19 @@ def test_modality_column_and_not_mammogram_rows(tmp_path):
     summary = ingest(src, tmp_path / "data", size=32, workers=1, progress=False)
     rows = {r["image_id"]: r for r in read_manifest(tmp_path / "data")}
     assert summary["errors_by_reason"] == {"not_mammogram": 1}
-    assert (rows["ct"]["status"], rows["ct"]["reason"]) == ("error", "not_mammogram")
+    assert (rows["ct"]["status"], rows["ct"]["reason"], rows["ct"]["modality"]) == ("error", "not_mammogram", "CT")
     assert (rows["mg"]["modality"], rows["bare"]["modality"]) == ("MG", "")
-    assert main(["ingest", str(src), "--out", str(tmp_path / "data"), "--size", "32", "--workers", "1",
-                 "--any-modality", "--no-progress"]) == 0
+    mg_cache = tmp_path / "data" / rows["mg"]["cache"]
+    stamp = mg_cache.stat().st_mtime_ns
+    args = ["ingest", str(src), "--out", str(tmp_path / "data"), "--size", "32", "--workers", "1", "--no-progress"]
+    assert main(args + ["--any-modality"]) == 0
     rows = {r["image_id"]: r for r in read_manifest(tmp_path / "data")}
     assert (rows["ct"]["status"], rows["ct"]["modality"]) == ("ok", "CT")
+    assert mg_cache.stat().st_mtime_ns == stamp  # the flag redoes only the files it decides
+    assert main(args) == 0  # and off again: the CT file is refused again, the mammograms kept
+    rows = {r["image_id"]: r for r in read_manifest(tmp_path / "data")}
+    assert (rows["ct"]["status"], rows["mg"]["status"]) == ("error", "ok")
+    assert mg_cache.stat().st_mtime_ns == stamp
 
 
 def test_empty_or_missing_source_fails_naming_it_and_writes_nothing(tmp_path, capsys):

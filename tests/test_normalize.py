@@ -398,6 +398,14 @@ def test_modality_check(tmp_path):
     with pytest.raises(DicomError) as err:
         preprocess(ct, 32)
     assert err.value.reason == "not_mammogram" and "--any-modality" in str(err.value)
+    assert err.value.info == {"modality": "CT"}  # recorded on the error row
     assert preprocess(ct, 32, any_modality=True).info["modality"] == "CT"
+    ct_class_only = edit_dicom(ct, tmp_path / "ct_class.dcm", Modality=None)  # no Modality, CT SOP class
+    ct_class_only_ds = pydicom.dcmread(ct_class_only)
+    ct_class_only_ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE
+    ct_class_only_ds.save_as(ct_class_only)
+    with pytest.raises(DicomError) as err:
+        preprocess(ct_class_only, 32)
+    assert err.value.reason == "not_mammogram" and err.value.info == {"modality": ""}
     free_text = edit_dicom(ct, tmp_path / "x.dcm", Modality="SMITH")  # not a defined term: never echoed
     assert preprocess(free_text, 32, any_modality=True).info["modality"] == "other"

@@ -272,6 +272,7 @@ def test_not_a_mammogram_is_an_error_row_unless_any_modality(world, tmp_path, ca
                  "--device", "cpu"]) == 0
     rows = read(out).set_index("image_id")
     assert rows.at["ct", "status"] == "error" and rows.at["ct", "error"].startswith("not_mammogram")
+    assert rows.at["ct", "modality"] == "CT"  # the modality is written on the error row too
     assert rows.at["mg", "status"] == "ok"
     assert main(["predict", str(inbox), "--checkpoint", str(world["run"]), "--out", str(out), "--workers", "0",
                  "--device", "cpu", "--any-modality"]) == 0
@@ -289,3 +290,19 @@ def test_checkpoint_file_of_a_run_without_best_names_what_it_has(world, tmp_path
     assert main(["predict", str(world["inbox"]), "--checkpoint", str(given), "--out", str(tmp_path / "p.csv")]) == 2
     err = capsys.readouterr().err
     assert f"{given}: checkpoint not found" in err and "has last.pt" in err and "best.pt/checkpoints" not in err
+
+
+def test_file_without_patient_id_gets_the_folder_pseudonym_ingest_gives(world, tmp_path):
+    """A header without PatientID: ingest and predict both fall back to the (pseudonymised) folder name."""
+    from dicom_factory import edit_dicom
+
+    inbox = tmp_path / "inbox" / "PATIENT-7"
+    inbox.mkdir(parents=True)
+    edit_dicom(sorted(world["inbox"].rglob("*.dcm"))[0], inbox / "a.dcm", PatientID=None)
+    ingest(tmp_path / "inbox", tmp_path / "data", size=INGEST_SIZE, workers=1, progress=False, log=lambda m: None)
+    manifest = read_manifest(tmp_path / "data").set_index("image_id")
+    predict_folder(tmp_path / "inbox", world["run"], tmp_path / "p.csv", device="cpu", progress=False)
+    pred = read(tmp_path / "p.csv").set_index("image_id")
+    assert pred.at["a", "patient_id_source"] == manifest.at["a", "patient_id_source"] == "folder_hmac"
+    assert pred.at["a", "patient_id"] == manifest.at["a", "patient_id"] != "PATIENT-7"
+    assert pred.at["a", "patient_id"].startswith("p-")

@@ -140,16 +140,19 @@ def modality_of(ds: Dataset) -> str:
 
 
 def check_modality(ds: Dataset, path: str | Path, any_modality: bool = False) -> None:
-    """Refuse (`not_mammogram`) a file whose Modality is present and not MG, unless its SOP class
-    is a mammography one or `any_modality`. Modality MG, a mammography SOP class, or neither tag
-    (RSNA's de-identified files carry neither) passes."""
+    """Refuse (`not_mammogram`) what is not a mammogram, unless `any_modality`. Passes: Modality
+    MG, a mammography SOP class, or neither tag (RSNA's de-identified files carry neither). A
+    present Modality other than MG, or no Modality with a SOP class that is not a mammography one,
+    is refused; the modality found travels on the error (`DicomError.info`) for the manifest."""
     modality = modality_of(ds)
-    if any_modality or modality in ("", "MG"):
+    if any_modality or modality == "MG":
         return
-    sop = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
-    if sop in MAMMO_SOP_CLASSES:
+    sop = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "") or "").strip()
+    if sop in MAMMO_SOP_CLASSES or (not modality and not sop):
         return
-    raise DicomError(path, "not_mammogram", f"Modality {modality}, not MG; pass --any-modality to accept it")
+    what = f"Modality {modality}, not MG" if modality else "no Modality and a SOP class that is not a mammogram's"
+    raise DicomError(path, "not_mammogram", f"{what}; pass --any-modality to ingest or predict to accept it",
+                     info={"modality": modality})
 
 
 def defined_term(value: object, terms: set[str]) -> str:
