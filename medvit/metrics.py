@@ -192,25 +192,40 @@ def bootstrap_aucs(y_true, prob, n_boot: int = 1000, seed: int = 0) -> tuple[np.
     resamples gives all their rank AUCs at once.
     """
     y = np.asarray(y_true).reshape(-1).astype(np.int64)
-    group, n_groups = _score_groups(prob)
-    cell = group * 2 + y  # each item's (score group, class) cell
+    aucs = paired_bootstrap_aucs(y, np.asarray(prob).reshape(1, -1), n_boot=n_boot, seed=seed)[:, 0]
+    ok = np.isfinite(aucs)
+    return aucs[ok], int(n_boot if aucs.size == 0 else (~ok).sum())
+
+
+def paired_bootstrap_aucs(y_true, probs, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n_boot, K) AUCs of K scorers `probs` (K, N) on the same class-stratified resamples of the
+    N items (paired: every scorer sees the same images in each resample). Empty (0, K) when a
+    class is absent. `bootstrap_aucs` is the K = 1 case, so a run's CI and a paired comparison
+    with the same seed use the very same resamples."""
+    y = np.asarray(y_true).reshape(-1).astype(np.int64)
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1, y.size)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     if pos.size == 0 or neg.size == 0:
-        return np.empty(0), int(n_boot)
+        return np.empty((0, probs.shape[0]))
+    cells = []
+    for prob in probs:
+        group, n_groups = _score_groups(prob)
+        cells.append((group * 2 + y, n_groups))  # each item's (score group, class) cell
     n = y.size
     rng = np.random.default_rng(seed)
     chunk = max(1, min(n_boot, 4_000_000 // max(n, 1)))  # bounds memory to ~100 MB per chunk
-    aucs = []
+    out = []
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
         idx = np.concatenate([pos[rng.integers(0, pos.size, size=(b, pos.size))],
                               neg[rng.integers(0, neg.size, size=(b, neg.size))]], axis=1)
-        flat = (cell[idx] + (2 * n_groups) * np.arange(b)[:, None]).ravel()
-        counts = np.bincount(flat, minlength=b * 2 * n_groups).reshape(b, n_groups, 2)
-        aucs.append(_auc_from_group_counts(counts))
-    aucs = np.concatenate(aucs) if aucs else np.empty(0)
-    ok = np.isfinite(aucs)
-    return aucs[ok], int((~ok).sum())
+        cols = []
+        for cell, n_groups in cells:
+            flat = (cell[idx] + (2 * n_groups) * np.arange(b)[:, None]).ravel()
+            counts = np.bincount(flat, minlength=b * 2 * n_groups).reshape(b, n_groups, 2)
+            cols.append(_auc_from_group_counts(counts))
+        out.append(np.stack(cols, axis=1))
+    return np.concatenate(out) if out else np.empty((0, probs.shape[0]))
 
 
 def bootstrap_auc_ci(y_true, prob, n_boot: int = 1000, seed: int = 0,
