@@ -45,7 +45,7 @@ from medvit.ingest_workers import run_pool, run_serial
 from medvit.io import write_text
 from medvit.manifest import (  # noqa: F401 (re-exported: medvit.ingest.* is the public face)
     DICOM_SUFFIXES, INFO_COLUMNS, JOURNAL_NAME, MANIFEST_COLUMNS, RETRIED_REASONS, Journal,
-    assign_folds, assign_image_ids, build_rows, image_stem, labels_without_file, load_labels,
+    assign_folds, assign_image_ids, assign_test_split, build_rows, image_stem, labels_without_file, load_labels,
     read_journal, reusable, write_csv,
 )
 
