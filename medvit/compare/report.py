@@ -108,7 +108,7 @@ def binary_sections(runs: list[Run], out: Path, n_boot: int, seed: int) -> dict[
                         "at_threshold": m["at_checkpoint_threshold"],
                         "per_breast": None if not pb else {
                             "n_breasts": pb["n_breasts"],
-                            **{how: {k: pb[how][k] for k in ("auc", "auc_ci", "pf1", "n_pos")}
+                            **{how: {k: v for k, v in pb[how].items() if k != "notes"}
                                for how in ("mean", "max")}},
                         "calibration_bins": c["bins"], "notes": m["notes"]})
     known = {r.name: (y, r.frame["prob"].to_numpy()) for r in runs}
