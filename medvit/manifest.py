@@ -266,6 +266,8 @@ def assign_test_split(rows: list[dict], share: float, seed: int, log: Callable[[
     for i in idx:
         rows[i]["split"] = "train"
     info = {"test_share": share, "test_patients": 0, "test_images": 0, "test_method": "none"}
+    if share > 0 and not idx:
+        log("warning: --test-share given but no labelled, successfully ingested image: no test split")
     if share <= 0 or not idx:
         return info
     patient_label: dict[str, str] = {}

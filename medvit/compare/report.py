@@ -344,8 +344,7 @@ def _where(result: dict) -> str:
     if result["split"] == TEST:
         return f"On the held-out test split ({n} images)"
     if result["split"] == VALIDATION:
-        return (f"On the validation fold ({n} images; optimistic: it chose each run's checkpoint and threshold, "
-                "and there is no held-out test split)")
+        return f"On the validation fold ({n} images; optimistic: it chose each run's checkpoint and threshold)"
     return f"On {result['split']} ({n} images)"
 
 
@@ -355,42 +354,46 @@ def _p_of(pair: dict, key: str) -> float | None:
 
 
 def summary_sentence(result: dict) -> str:
-    """One sentence: which run is better on the compared split, and whether it is significant."""
+    """One sentence: which run is better on the compared split, and whether it is significant, e.g.
+    "On the held-out test split (80 images), cnn (resnet10t) has the higher AUC, 0.950 vs 0.700 for
+    vit (difference +0.250, 95% CI +0.120 to +0.380); the difference is statistically significant
+    (DeLong p = 0.0003)." With more than two runs: the best against each other, Holm-adjusted."""
     runs, pairs = result["runs"], result["pairs"]
     binary = "accuracy_ci" not in runs[0]
-    metric = "auc" if binary else "accuracy"
+    metric, label = ("auc", "AUC") if binary else ("accuracy", "accuracy")
     scored = [r for r in runs if r.get(metric) is not None]
     if not scored:
-        return f"{_where(result)}, {metric.upper()} is undefined for every run (one class only)."
+        return f"{_where(result)}, the {label} is undefined for every run (one class only)."
     best = max(scored, key=lambda r: r[metric])
     parts = []
     for pair in pairs:
         if best["name"] not in (pair["a"], pair["b"]):
             continue
-        other = pair["b"] if pair["a"] == best["name"] else pair["a"]
-        o = next(r for r in runs if r["name"] == other)
+        other = next(r for r in runs if r["name"] == (pair["b"] if pair["a"] == best["name"] else pair["a"]))
+        sign = 1 if pair["a"] == best["name"] else -1
         if binary:
-            p = pair.get("delong_p_holm", pair.get("delong_p"))
+            p, holm_used = pair.get("delong_p_holm", pair.get("delong_p")), "delong_p_holm" in pair
             ci = pair.get("auc_diff_ci")
-            if ci and pair["a"] != best["name"]:  # the CI of best - other
-                ci = [-ci[1], -ci[0]]
-            ci_txt = f" (difference 95% CI {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else ""
-            test = "DeLong" + (", Holm-adjusted" if "delong_p_holm" in pair else "")
-            val = f"{o['auc']:.3f}" if o.get("auc") is not None else "n/a"
-            head = f"AUC {best['auc']:.3f} vs {val} for {other}{ci_txt}"
+            ci = None if not ci else sorted([sign * ci[0], sign * ci[1]])
+            diff = None if pair.get("auc_diff") is None else sign * pair["auc_diff"]
+            test = "DeLong"
         else:
-            p = pair["mcnemar"].get("p_holm", pair["mcnemar"]["p"])
-            test = "McNemar" + (", Holm-adjusted" if "p_holm" in pair["mcnemar"] else "")
-            head = f"accuracy {best['accuracy']:.3f} vs {o['accuracy']:.3f} for {other}"
+            p, holm_used = pair["mcnemar"].get("p_holm", pair["mcnemar"]["p"]), "p_holm" in pair["mcnemar"]
+            ci, diff, test = None, sign * pair["accuracy_diff"], "McNemar"
+        value = "n/a" if other.get(metric) is None else f"{other[metric]:.3f}"
+        detail = "" if diff is None else f"difference {diff:+.3f}" + (
+            f", 95% CI {ci[0]:+.3f} to {ci[1]:+.3f}" if ci else "")
+        head = f"{best[metric]:.3f} vs {value} for {other['name']}" + (f" ({detail})" if detail else "")
+        test += ", Holm-adjusted" if holm_used else ""
         if p is None:
-            verdict = "significance could not be tested"
+            verdict = "its significance could not be tested"
         elif p < ALPHA:
-            verdict = f"statistically significant ({test} p = {p:.3g})"
+            verdict = f"the difference is statistically significant ({test} p = {p:.2g})"
         else:
-            verdict = f"not statistically significant ({test} p = {p:.3g}): the data cannot tell them apart"
-        parts.append(f"{head}, a difference that is {verdict}")
-    label = "AUC" if binary else "accuracy"
-    return f"{_where(result)}, {best['name']} ({best['backbone']}) has the highest {label}: " + "; ".join(parts) + "."
+            verdict = f"the difference is not statistically significant ({test} p = {p:.2g})"
+        parts.append(f"{head}; {verdict}")
+    which = "higher" if len(runs) == 2 else "highest"
+    return f"{_where(result)}, {best['name']} ({best['backbone']}) has the {which} {label}, " + "; ".join(parts) + "."
 
 
 def render(result: dict) -> str:
