@@ -1,4 +1,5 @@
-"""`medvit evaluate`: score a trained run on its validation fold (or another fold / data folder).
+"""`medvit evaluate`: score a trained run on the held-out test split of `ingest --test-share`, else
+its validation fold (labelled "validation (optimistic)"), or another fold / data folder.
 
 The model and the data come back from the checkpoint (`model_spec`, resolved `config`); the one
 inference loop (`medvit.train.steps.predict`) gives the probabilities; the one metrics module

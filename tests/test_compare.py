@@ -192,6 +192,16 @@ def test_test_split_never_reaches_training_or_selection(synth_flow):
         assert set(logged["image_id"]) == train_ids
         val = set(logged.loc[logged["role"] == "val", "image_id"])
         assert val == set(manifest.loc[manifest["fold"] == "0", "image_id"])
+    # evaluate scores the test split by default, at the threshold fixed on validation
+    from medvit.evaluate import evaluate
+    from medvit.train.checkpoint import load_checkpoint
+
+    m = evaluate(runs[0], device="cpu", n_boot=0, out=root / "eval")
+    assert m["split"] == "test" and m["n"] == 12 and not any("optimistic" in n for n in m["notes"])
+    threshold = load_checkpoint(runs[0] / "checkpoints" / "best.pt")["threshold"]
+    assert m["at_checkpoint_threshold"]["threshold"] == pytest.approx(threshold)
+    v = evaluate(runs[0], device="cpu", n_boot=0, split="validation", out=root / "eval_val")
+    assert v["split"] == "validation (optimistic)" and v["n"] == int((manifest["fold"] == "0").sum())
 
 
 def test_compare_json_has_every_required_number(synth_flow):
