@@ -60,10 +60,12 @@ def compare(paths: list[str], out: str | Path, *, which: str = "best", split: st
         result.update(multiclass_sections(runs, out))
     result["figures"] = sorted(p.name for p in out.glob("*.png")) + sorted(
         f"gallery/{p.name}" for p in (out / "gallery").glob("*.png"))
+    from medvit.train.setup import pick_device
+
     for entry, r in zip(result["runs"], runs):
         entry["cost"] = {"parameters": R.parameters(r),
                          "images_per_s": round(R.images_per_second(r, device), 2),
-                         "training_seconds": R.training_seconds(r), "device": str(device)}
+                         "training_seconds": R.training_seconds(r), "device": str(pick_device(device))}
     result["summary"] = summary_sentence(result)
     write_text(out / "compare.json", json.dumps(result, indent=2, default=_json_default) + "\n")
     write_text(out / "index.html", render(result))
@@ -175,6 +177,16 @@ def _age_band(age) -> str:
     return next(label for lo, hi, label in AGE_BANDS if lo <= a < hi)
 
 
+def _ordered(values: set, column: str) -> list[str]:
+    """Subgroup values in reading order: age bands youngest first, numbers numerically."""
+    if column == "age_band":
+        return [label for _, _, label in AGE_BANDS if label in values]
+    try:
+        return sorted(values, key=float)
+    except ValueError:
+        return sorted(values)
+
+
 def subgroups(runs: list[Run], manifest: pd.DataFrame | None, n_boot: int, seed: int) -> list[dict]:
     """AUC [95% CI] per run in each subgroup the data describes; subgroups with fewer than
     MIN_POSITIVES positives or negatives are kept and marked."""
@@ -192,7 +204,7 @@ def subgroups(runs: list[Run], manifest: pd.DataFrame | None, n_boot: int, seed:
             continue
         values = meta[col].reindex(frame["image_id"]).fillna("").astype(str).str.strip().to_numpy()
         values = np.array([v[:-2] if v.endswith(".0") else v for v in values])  # 1.0 -> 1 (read as float)
-        present = sorted(set(values) - {""})
+        present = _ordered(set(values) - {""}, col)
         if len(present) < 2:
             continue
         for value in present:
@@ -222,7 +234,8 @@ def _map_method(model) -> str:
 def disagreement_gallery(runs: list[Run], out: Path, k: int, device: str) -> list[dict]:
     """The k images where the runs disagree most: first those where one run is right and another
     wrong at their thresholds, by the spread of the probability they give the true class (one
-    confidently right, the other confidently wrong first); then, when fewer than k such images
+    confidently right, the other confidently wrong first), taking turns between the runs that are
+    right so each run's wins appear; then, when fewer than k such images
     exist, the largest spreads among the rest (`split` False). One panel each: every run's map on
     one colour scale, its probability and right/wrong in the title."""
     from medvit.compare.runs import correct
@@ -239,7 +252,15 @@ def disagreement_gallery(runs: list[Run], out: Path, k: int, device: str) -> lis
     split = right.any(axis=0) & ~right.all(axis=0)
     spread = truth.max(axis=0) - truth.min(axis=0)
     ranked = [int(i) for i in np.argsort(-spread, kind="stable")]
-    order = ([i for i in ranked if split[i]] + [i for i in ranked if not split[i]])[:k]
+    # round-robin over the run that is most right on each image, so every run's wins are shown
+    winner = truth.argmax(axis=0)
+    queues = [[i for i in ranked if split[i] and winner[i] == w] for w in range(len(runs))]
+    picked: list[int] = []
+    while any(queues) and len(picked) < k:
+        for q in queues:
+            if q and len(picked) < k:
+                picked.append(q.pop(0))
+    order = picked + [i for i in ranked if not split[i]][:k - len(picked)]
     if not order:
         return []
     dev = pick_device(device)
