@@ -83,8 +83,11 @@ def check_compatible(runs: list[Run]) -> None:
     first = idents[0]
     problems = []
     for r, ident in zip(runs[1:], idents[1:]):
+        # the same fingerprint of (image_id, fold, split): a moved or copied data folder is the same data
+        moved = {"dir", "ingest.labels"} if first.get("split_sha1") and first.get("split_sha1") == ident.get(
+            "split_sha1") else set()
         for key in sorted(set(first) | set(ident)):
-            if key in first and key in ident and first[key] != ident[key]:
+            if key in first and key in ident and key not in moved and first[key] != ident[key]:
                 problems.append(f"{key}: {runs[0].name} has {first[key]!r}, {r.name} has {ident[key]!r}")
     if any(r.binary != runs[0].binary for r in runs):
         problems.append("some runs are binary (mammography) and some multi-class")
