@@ -168,8 +168,11 @@ def binary_report(frame: pd.DataFrame, loss: float, threshold: float, n_boot: in
 
 
 def write_plots(frame: pd.DataFrame, report: dict, out: Path, run_dir: Path, binary: bool,
-                n_boot: int, seed: int, class_names: list[str] | None) -> tuple[list[str], list[str]]:
-    """The PNGs that can be drawn; returns (file names, notes on those that could not)."""
+                n_boot: int, seed: int, class_names: list[str] | None,
+                split: str = "") -> tuple[list[str], list[str]]:
+    """The PNGs that can be drawn; returns (file names, notes on those that could not). `split`
+    (e.g. "validation (optimistic)") goes into the titles."""
+    on = f" - {split}" if split else ""
     from medvit.plots import plot_confusion, plot_pr, plot_roc, plot_training_curves
 
     written, notes = [], []
@@ -184,17 +187,18 @@ def write_plots(frame: pd.DataFrame, report: dict, out: Path, run_dir: Path, bin
     known = frame[frame["label"] >= 0]
     if binary:
         y, p = known["label"].to_numpy(), known["prob"].to_numpy()
-        attempt("roc.png", lambda: plot_roc(y, p, out / "roc.png", n_boot=n_boot, seed=seed))
-        attempt("pr.png", lambda: plot_pr(y, p, out / "pr.png"))
+        attempt("roc.png", lambda: plot_roc(y, p, out / "roc.png", n_boot=n_boot, seed=seed, title=f"ROC{on}"))
+        attempt("pr.png", lambda: plot_pr(y, p, out / "pr.png", title=f"Precision-recall{on}"))
         t = report["at_checkpoint_threshold"]
         cm = [[t["tn"], t["fp"]], [t["fn"], t["tp"]]]
         attempt("confusion.png", lambda: plot_confusion(
             cm, ["negative", "positive"], out / "confusion.png",
-            title=f"Confusion at threshold {t['threshold']:.3g}"))
+            title=f"Confusion at threshold {t['threshold']:.3g}{on}"))
     else:
         cm = report["confusion_matrix"]
         names = class_names if class_names and len(class_names) == len(cm) else [str(k) for k in range(len(cm))]
-        attempt("confusion.png", lambda: plot_confusion(cm, names, out / "confusion.png"))
+        attempt("confusion.png", lambda: plot_confusion(cm, names, out / "confusion.png",
+                                                        title=f"Confusion matrix{on}"))
     log = run_dir / "metrics_epoch.csv"
     if log.is_file():
         attempt("training_curves.png", lambda: plot_training_curves(log, out / "training_curves.png"))
@@ -265,7 +269,8 @@ def evaluate(run_dir: str | Path, *, which: str = "best", fold: int | None = Non
     out = Path(out) if out else run_dir / EVAL_DIR
     out.mkdir(parents=True, exist_ok=True)
     names = _class_names(cfg.data.kind)
-    plots, plot_notes = write_plots(frame, report, out, run_dir, binary, n_boot, seed, names)
+    plots, plot_notes = write_plots(frame, report, out, run_dir, binary, n_boot, seed, names,
+                                    split=data.source["split"])
     report = {"run_dir": str(run_dir), "checkpoint": str(ckpt_path), "backbone": ckpt["model_spec"]["name"],
               "binary": binary, "checkpoint_threshold": threshold, "data": data.source,
               "split": data.source["split"], "seed": seed, **report, "plots": plots}

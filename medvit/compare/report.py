@@ -51,7 +51,7 @@ def compare(paths: list[str], out: str | Path, *, which: str = "best", split: st
         "notes": list(source["notes"]), "figures": [],
     }
     if runs[0].binary:
-        result.update(binary_sections(runs, out, n_boot, seed))
+        result.update(binary_sections(runs, out, n_boot, seed, result["split"]))
         result["subgroups"] = subgroups(runs, R.data_manifest(runs), n_boot, seed)
         log("maps of the images where the runs disagree most")
         result["gallery"] = disagreement_gallery(runs, out, gallery, device)
@@ -89,7 +89,7 @@ def _run_entry(r: Run) -> dict[str, Any]:
             "threshold": r.threshold}
 
 
-def binary_sections(runs: list[Run], out: Path, n_boot: int, seed: int) -> dict[str, Any]:
+def binary_sections(runs: list[Run], out: Path, n_boot: int, seed: int, split: str) -> dict[str, Any]:
     """Per run metrics (image, breast mean/max), calibration, paired tests, ROC + reliability PNGs."""
     from medvit.compare.calibration import calibration_metrics, plot_reliability
     from medvit.evaluate import binary_report
@@ -116,10 +116,10 @@ def binary_sections(runs: list[Run], out: Path, n_boot: int, seed: int) -> dict[
     known = {r.name: (y, r.frame["prob"].to_numpy()) for r in runs}
     notes = []
     try:
-        plot_roc_compare(known, out / "roc.png", title="ROC on the compared images")
+        plot_roc_compare(known, out / "roc.png", title=f"ROC - {split}")
     except Exception as err:  # noqa: BLE001 - one class only: the page says so instead of the figure
         notes.append(f"roc.png not drawn: {err}")
-    plot_reliability(cal, out / "reliability.png")
+    plot_reliability(cal, out / "reliability.png", title=f"Reliability - {split}")
     pairs, correction = paired_tests(runs, y, n_boot, seed)
     return {"runs": entries, "pairs": pairs, "correction": correction, "notes_binary": notes}
 
