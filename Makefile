@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install browser demo test test-all bench clean
 
 install: $(VENV)/.installed
 
@@ -20,10 +20,19 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash pipelines/demo.sh
 
-test: install
+# Headless Chromium for the `medvit compare` page test (tests/test_compare.py). Installed with apt-get
+# when missing and running as root (CI); otherwise a note, and the test skips (it fails when CI=true).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: chromium not found; install it (Debian: apt-get install chromium) to run the report's browser test"; fi
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
-test-all: install
+test-all: install browser
 	$(BIN)/python -m pytest -q -m ''
 
 # The three benchmarks, reduced to a few minutes on a laptop CPU (ratios, not absolute speeds).

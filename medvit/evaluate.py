@@ -1,4 +1,5 @@
-"""`medvit evaluate`: score a trained run on its validation fold (or another fold / data folder).
+"""`medvit evaluate`: score a trained run on the held-out test split of `ingest --test-share`, else
+its validation fold (labelled "validation (optimistic)"), or another fold / data folder.
 
 The model and the data come back from the checkpoint (`model_spec`, resolved `config`); the one
 inference loop (`medvit.train.steps.predict`) gives the probabilities; the one metrics module
@@ -33,36 +34,67 @@ class EvalData:
 # ----------------------------------------------------------------------------- data
 
 
-def eval_data(cfg, fold: int | None = None, data_dir: str | Path | None = None) -> EvalData:
-    """The data to score: the run's validation fold (default), another fold, or every labelled
-    ok image of another ingest folder (`data_dir`; for CIFAR-10/MNIST runs, another benchmark
-    folder's test split)."""
+TEST = "test"
+VALIDATION = "validation (optimistic)"  # the fold that chose the checkpoint and the threshold
+SPLITS = ("auto", "test", "validation")
+
+
+def eval_data(cfg, fold: int | None = None, data_dir: str | Path | None = None, split: str = "auto") -> EvalData:
+    """The data to score. Mammography runs: the held-out test split of `ingest --test-share` when
+    the run's data folder has one (split auto or test), else the run's validation fold, labelled
+    "validation (optimistic)" since it chose the checkpoint and threshold; or `fold`, or every
+    labelled ok image of another ingest folder (`data_dir`). CIFAR-10/MNIST runs: the test split.
+    `source["split"]` says which: "test", "validation (optimistic)", or what else was scored."""
     from medvit.train.setup import build_data
 
     d = cfg.data
+    if split not in SPLITS:
+        raise ConfigError(f"--split {split!r}: valid: {', '.join(SPLITS)}")
     if fold is not None and data_dir is not None:
         raise ConfigError("evaluate: pass --fold or --data, not both")
     notes: list[str] = []
-    if d.kind == "mammo" and data_dir is not None:
+    if d.kind != "mammo":
+        if fold is not None or split == "validation":
+            raise ConfigError(f"evaluate --fold / --split validation are for mammography runs; this run's "
+                              f"data.kind is {d.kind!r} (CIFAR-10/MNIST runs are scored on the test split)")
+        from medvit.data.benchmarks import benchmark_test_set
+
+        root = str(data_dir) if data_dir is not None else d.dir
+        return EvalData(benchmark_test_set(d.kind, root, d.image_size),
+                        {"kind": d.kind, "dir": root, "fold": None, "split": TEST}, notes)
+    if data_dir is not None:
         if Path(data_dir).resolve() == Path(d.dir).resolve():
             notes.append(f"{data_dir} is this run's own data folder: every labelled image is scored, "
                          f"training folds included; these numbers are optimistic (use --fold {d.fold})")
         return EvalData(_labelled_images(cfg, Path(data_dir)),
                         {"kind": d.kind, "dir": str(data_dir), "fold": None, "split": "all labelled ok images"},
                         notes)
+    if fold is None and split != "validation":
+        test = _test_images(cfg)
+        if test is not None:
+            return EvalData(test, {"kind": d.kind, "dir": d.dir, "fold": None, "split": TEST}, notes)
+        if split == "test":
+            raise MedvitError(f"{Path(d.dir) / 'manifest.csv'}: no test split; re-run `medvit ingest --test-share F` "
+                              "(and retrain), or pass --split validation")
+    label = VALIDATION
+    if fold is not None and fold != d.fold:
+        label = f"training fold {fold} (optimistic)"
+        notes.append(f"fold {fold} was part of this run's training data (it validated on fold {d.fold}): "
+                     "these numbers are optimistic")
     if fold is not None:
-        if d.kind != "mammo":
-            raise ConfigError(f"evaluate --fold is for mammography runs; this run's data.kind is {d.kind!r} "
-                              "(CIFAR-10/MNIST runs are scored on the test split)")
-        if fold != d.fold:
-            notes.append(f"fold {fold} was part of this run's training data (it validated on fold {d.fold}): "
-                         "these numbers are optimistic")
         d.fold = int(fold)
-    if data_dir is not None:
-        d.dir = str(data_dir)
-    split = f"validation fold {d.fold}" if d.kind == "mammo" else "test split"
-    return EvalData(build_data(cfg).val, {"kind": d.kind, "dir": d.dir,
-                                          "fold": d.fold if d.kind == "mammo" else None, "split": split}, notes)
+    if label == VALIDATION:
+        notes.append(f"scored on validation fold {d.fold}, which chose the checkpoint and the threshold: "
+                     "these numbers are optimistic (ingest with --test-share for a held-out test split)")
+    return EvalData(build_data(cfg).val, {"kind": d.kind, "dir": d.dir, "fold": d.fold, "split": label}, notes)
+
+
+def _test_images(cfg):
+    from medvit.data.datasets import mammo_test_set
+    from medvit.data.transforms import build_transform
+
+    return mammo_test_set(cfg.data.dir, cfg.data.image_size, build_transform(cfg.data.augment, train=False),
+                          cfg.train.seed)
 
 
 def _labelled_images(cfg, data_dir: Path):
@@ -136,8 +168,11 @@ def binary_report(frame: pd.DataFrame, loss: float, threshold: float, n_boot: in
 
 
 def write_plots(frame: pd.DataFrame, report: dict, out: Path, run_dir: Path, binary: bool,
-                n_boot: int, seed: int, class_names: list[str] | None) -> tuple[list[str], list[str]]:
-    """The PNGs that can be drawn; returns (file names, notes on those that could not)."""
+                n_boot: int, seed: int, class_names: list[str] | None,
+                split: str = "") -> tuple[list[str], list[str]]:
+    """The PNGs that can be drawn; returns (file names, notes on those that could not). `split`
+    (e.g. "validation (optimistic)") goes into the titles."""
+    on = f" - {split}" if split else ""
     from medvit.plots import plot_confusion, plot_pr, plot_roc, plot_training_curves
 
     written, notes = [], []
@@ -152,17 +187,18 @@ def write_plots(frame: pd.DataFrame, report: dict, out: Path, run_dir: Path, bin
     known = frame[frame["label"] >= 0]
     if binary:
         y, p = known["label"].to_numpy(), known["prob"].to_numpy()
-        attempt("roc.png", lambda: plot_roc(y, p, out / "roc.png", n_boot=n_boot, seed=seed))
-        attempt("pr.png", lambda: plot_pr(y, p, out / "pr.png"))
+        attempt("roc.png", lambda: plot_roc(y, p, out / "roc.png", n_boot=n_boot, seed=seed, title=f"ROC{on}"))
+        attempt("pr.png", lambda: plot_pr(y, p, out / "pr.png", title=f"Precision-recall{on}"))
         t = report["at_checkpoint_threshold"]
         cm = [[t["tn"], t["fp"]], [t["fn"], t["tp"]]]
         attempt("confusion.png", lambda: plot_confusion(
             cm, ["negative", "positive"], out / "confusion.png",
-            title=f"Confusion at threshold {t['threshold']:.3g}"))
+            title=f"Confusion at threshold {t['threshold']:.3g}{on}"))
     else:
         cm = report["confusion_matrix"]
         names = class_names if class_names and len(class_names) == len(cm) else [str(k) for k in range(len(cm))]
-        attempt("confusion.png", lambda: plot_confusion(cm, names, out / "confusion.png"))
+        attempt("confusion.png", lambda: plot_confusion(cm, names, out / "confusion.png",
+                                                        title=f"Confusion matrix{on}"))
     log = run_dir / "metrics_epoch.csv"
     if log.is_file():
         attempt("training_curves.png", lambda: plot_training_curves(log, out / "training_curves.png"))
@@ -174,38 +210,55 @@ def write_plots(frame: pd.DataFrame, report: dict, out: Path, run_dir: Path, bin
 # ----------------------------------------------------------------------------- entry point
 
 
-def evaluate(run_dir: str | Path, *, which: str = "best", fold: int | None = None,
-             data_dir: str | Path | None = None, n_boot: int = 1000, seed: int = 0,
-             out: str | Path | None = None, device: str = "auto", batch_size: int | None = None,
-             workers: int = 0) -> dict[str, Any]:
-    """Score a run; write metrics.json, predictions.csv and the plots into `out`; return the metrics.
-
-    which: best | last (inside RUN_DIR/checkpoints) or a checkpoint file.
-    """
-    from torch.utils.data import DataLoader
-
+def load_run(run_dir: str | Path, which: str = "best") -> tuple[Path, Path, dict, Any]:
+    """(run_dir, checkpoint path, checkpoint, config) for RUN_DIR (or a checkpoint file) and
+    best | last | a checkpoint FILE."""
     from medvit.config import config_from_dict
-    from medvit.metrics import multiclass_metrics
-    from medvit.train.checkpoint import build_model_from_checkpoint, load_checkpoint, resolve_checkpoint
-    from medvit.train.setup import amp_dtype, pick_device
-    from medvit.train.steps import predict
+    from medvit.train.checkpoint import load_checkpoint, resolve_checkpoint
 
     run_dir = Path(run_dir)
-    if n_boot < 0:
-        raise ConfigError(f"--n-boot {n_boot}: must be 0 (no CI) or more")
     ckpt_path = resolve_checkpoint(run_dir, which) if which in ("best", "last") else Path(which)
     if ckpt_path.is_file() and run_dir.is_file():  # RUN_DIR given as the checkpoint file itself
         run_dir = run_dir.parent.parent if run_dir.parent.name == "checkpoints" else run_dir.parent
     ckpt = load_checkpoint(ckpt_path)
-    cfg = config_from_dict(ckpt["config"])
-    data = eval_data(cfg, fold, data_dir)
+    return run_dir, ckpt_path, ckpt, config_from_dict(ckpt["config"])
+
+
+def score(ckpt: dict, cfg, dataset, device: str = "auto", batch_size: int | None = None,
+          workers: int = 0) -> tuple[pd.DataFrame, float]:
+    """The checkpoint's model over `dataset` with the one inference loop: (predictions frame, mean loss)."""
+    from torch.utils.data import DataLoader
+
+    from medvit.train.checkpoint import build_model_from_checkpoint
+    from medvit.train.setup import amp_dtype, pick_device
+    from medvit.train.steps import predict
+
     dev = pick_device(device)
     model = build_model_from_checkpoint(ckpt).to(dev)
     binary = bool(ckpt.get("binary", True))
-    loader = DataLoader(data.dataset, batch_size=batch_size or cfg.data.batch_size, shuffle=False,
+    loader = DataLoader(dataset, batch_size=batch_size or cfg.data.batch_size, shuffle=False,
                         num_workers=workers, pin_memory=dev.type == "cuda")
     ids, labels, probs, loss = predict(model, loader, dev, amp_dtype(cfg, dev), binary)
-    frame = predictions_frame(data.dataset, ids, labels, probs, binary)
+    return predictions_frame(dataset, ids, labels, probs, binary), loss
+
+
+def evaluate(run_dir: str | Path, *, which: str = "best", fold: int | None = None,
+             data_dir: str | Path | None = None, split: str = "auto", n_boot: int = 1000, seed: int = 0,
+             out: str | Path | None = None, device: str = "auto", batch_size: int | None = None,
+             workers: int = 0) -> dict[str, Any]:
+    """Score a run; write metrics.json, predictions.csv and the plots into `out`; return the metrics.
+
+    which: best | last (inside RUN_DIR/checkpoints) or a checkpoint file. split: auto (the test
+    split when the data has one, else the validation fold) | test | validation.
+    """
+    from medvit.metrics import multiclass_metrics
+
+    if n_boot < 0:
+        raise ConfigError(f"--n-boot {n_boot}: must be 0 (no CI) or more")
+    run_dir, ckpt_path, ckpt, cfg = load_run(run_dir, which)
+    data = eval_data(cfg, fold, data_dir, split)
+    frame, loss = score(ckpt, cfg, data.dataset, device, batch_size, workers)
+    binary = bool(ckpt.get("binary", True))
 
     threshold = float(ckpt.get("threshold", 0.5))
     if binary:
@@ -216,10 +269,11 @@ def evaluate(run_dir: str | Path, *, which: str = "best", fold: int | None = Non
     out = Path(out) if out else run_dir / EVAL_DIR
     out.mkdir(parents=True, exist_ok=True)
     names = _class_names(cfg.data.kind)
-    plots, plot_notes = write_plots(frame, report, out, run_dir, binary, n_boot, seed, names)
+    plots, plot_notes = write_plots(frame, report, out, run_dir, binary, n_boot, seed, names,
+                                    split=data.source["split"])
     report = {"run_dir": str(run_dir), "checkpoint": str(ckpt_path), "backbone": ckpt["model_spec"]["name"],
-              "binary": binary, "checkpoint_threshold": threshold, "data": data.source, "seed": seed,
-              **report, "plots": plots}
+              "binary": binary, "checkpoint_threshold": threshold, "data": data.source,
+              "split": data.source["split"], "seed": seed, **report, "plots": plots}
     report["notes"] = data.notes + report.get("notes", []) + plot_notes
     write_text(out / "predictions.csv", frame.to_csv(index=False))
     write_text(out / "metrics.json", json.dumps(report, indent=2) + "\n")
@@ -242,7 +296,8 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """A few lines for the terminal."""
     src = report["data"]
-    lines = [f"{report['backbone']} on {src['split']} of {src['dir']}: {report['n']} images"]
+    fold = f" fold {src['fold']}" if src.get("fold") is not None and "fold" not in src["split"] else ""
+    lines = [f"{report['backbone']} on {src['split']}{fold} of {src['dir']}: {report['n']} images"]
     if report["binary"]:
         ci = report.get("auc_ci")
         ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""

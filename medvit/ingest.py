@@ -45,7 +45,7 @@ from medvit.ingest_workers import run_pool, run_serial
 from medvit.io import write_text
 from medvit.manifest import (  # noqa: F401 (re-exported: medvit.ingest.* is the public face)
     DICOM_SUFFIXES, INFO_COLUMNS, JOURNAL_NAME, MANIFEST_COLUMNS, RETRIED_REASONS, Journal,
-    assign_folds, assign_image_ids, build_rows, image_stem, labels_without_file, load_labels,
+    assign_folds, assign_image_ids, assign_test_split, build_rows, image_stem, labels_without_file, load_labels,
     read_journal, reusable, write_csv,
 )
 from medvit.privacy import PatientIds, patient_ids
@@ -154,6 +154,7 @@ def ingest(
     workers: int | None = None,
     folds: int = 4,
     seed: int = 0,
+    test_share: float = 0.0,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
     preprocess: Callable | None = None,
@@ -164,6 +165,8 @@ def ingest(
     """Ingest every file under `src` into `out`; return the summary (also saved in ingest.json).
 
     labels: a CSV with image_id + `label_column` (default `src/train.csv` when present).
+    test_share: share of the labelled patients held out as the test split (0: none); folds are
+        drawn over the rest. Patient-grouped, stratified by patient label, seeded by `seed`.
     workers: processes (default: the usable cores); 1 runs in this process.
     progress: tqdm bar on a terminal, plain lines otherwise (`medvit.progress`); False: neither.
     preprocess: replaces medvit.dicom.normalize.preprocess (tests); it must be a module-level
@@ -183,6 +186,8 @@ def ingest(
         raise ConfigError(f"--size {size}: must be at least 8")
     if (workers is not None and workers < 1) or folds < 1:
         raise ConfigError(f"--workers {workers} / --folds {folds}: both must be at least 1")
+    if not 0.0 <= test_share < 1.0:
+        raise ConfigError(f"--test-share {test_share}: a share of the patients in [0, 1), e.g. 0.2")
     workers = workers or usable_cores()
     labels_path = Path(labels) if labels else (src / "train.csv" if (src / "train.csv").is_file() else None)
     if labels_path is not None and not labels_path.is_file():
@@ -204,9 +209,11 @@ def ingest(
     _process_all(todo, workers, done, journal_path, progress, preprocess, ids_policy)
 
     rows = build_rows(rels, done, src, label_table, ids_policy)
+    test_info = assign_test_split(rows, test_share, seed, log)
     fold_info = assign_folds(rows, folds, seed, log)
     missing = labels_without_file(label_table, rows, rels) if label_table is not None else None
     summary = _summary(rows, todo, missing, fold_info, images, started)
+    summary.update(test_info)
     write_csv(out / "manifest.csv", MANIFEST_COLUMNS, rows)
     if missing is not None:
         write_csv(out / "missing_files.csv", ["image_id", "patient_id"], missing)
@@ -214,7 +221,7 @@ def ingest(
     write_text(journal_path, "".join(json.dumps(done[r], sort_keys=True) + "\n" for r in rels))
     settings = {"src": str(src), "out": str(out), "labels": str(labels_path) if labels_path else None,
                 "label_column": label_column, "size": size, "workers": workers, "folds": folds,
-                "seed": seed, "settings_key": settings_key(size), "preprocess_version": VERSION,
+                "seed": seed, "test_share": test_share, "settings_key": settings_key(size), "preprocess_version": VERSION,
                 "any_modality": any_modality, "patient_ids": "raw" if raw_patient_ids else "hmac"}
     text = json.dumps({"settings": settings, "summary": summary}, indent=2, sort_keys=True)
     write_text(out / "ingest.json", text + "\n")
@@ -301,6 +308,9 @@ def format_summary(summary: dict) -> str:
         lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in summary["errors_by_reason"].items()))
     if "labelled" in summary:
         lines.append(f"labelled {summary['labelled']}; folds {summary['folds']} ({summary['fold_method']})")
+        if summary.get("test_patients"):
+            lines.append(f"test split: {summary['test_patients']} patients, {summary['test_images']} images "
+                         f"(share {summary['test_share']:g}, {summary['test_method']}; never trained or selected on)")
         if summary["files_without_label"]:
             lines.append(f"files without a label row: {summary['files_without_label']} "
                          f"(e.g. {', '.join(summary['files_without_label_examples'])})")

@@ -33,7 +33,7 @@ INFO_COLUMNS = [
     "crop_y0", "crop_x0", "crop_y1", "crop_x1", "flipped", "reduce", "decoder",
 ]
 MANIFEST_COLUMNS = [
-    "image_id", "patient_id", "patient_id_source", "laterality", "laterality_source", "view", "label", "fold", "status", "reason", "error",
+    "image_id", "patient_id", "patient_id_source", "laterality", "laterality_source", "view", "label", "fold", "split", "status", "reason", "error",
     "path", "cache", *INFO_COLUMNS, "source_size", "source_mtime_ns", "settings",
 ]
 
@@ -200,6 +200,7 @@ def build_rows(rels: list[str], records: dict[str, dict], src: Path,
             "view": lab.get("view") or _fmt(info.get("view")),
             "label": lab.get("label", ""),
             "fold": "-1",
+            "split": "",
             "status": rec["status"],
             "reason": rec.get("reason", ""),
             "error": rec.get("error", ""),
@@ -238,7 +239,7 @@ def labels_without_file(labels: dict[str, dict], rows: list[dict], rels: list[st
 
 
 def assign_folds(rows: list[dict], folds: int, seed: int, log: Callable[[str], None]) -> dict:
-    """Patient-grouped, label-stratified folds over labelled ok rows (in place).
+    """Patient-grouped, label-stratified folds over labelled ok rows outside the test split (in place).
 
     Falls back to fewer folds (fewer patients than folds) or GroupKFold (one class), with a
     warning; never raises. Returns {"folds": k, "method": ...}.
@@ -246,7 +247,8 @@ def assign_folds(rows: list[dict], folds: int, seed: int, log: Callable[[str], N
     import numpy as np
     from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-    idx = [i for i, r in enumerate(rows) if r["status"] == "ok" and r["label"] != ""]
+    idx = [i for i, r in enumerate(rows)
+           if r["status"] == "ok" and r["label"] != "" and r.get("split") != "test"]
     if not idx or folds < 2:
         for i in idx:
             rows[i]["fold"] = "0"
@@ -273,6 +275,48 @@ def assign_folds(rows: list[dict], folds: int, seed: int, log: Callable[[str], N
             for j in test:
                 rows[idx[j]]["fold"] = str(fold)
     return {"folds": k, "method": method}
+
+
+def assign_test_split(rows: list[dict], share: float, seed: int, log: Callable[[str], None]) -> dict:
+    """Hold out a test set (in place): a seeded, patient-grouped share of the patients of the
+    labelled ok rows, stratified by the patient's label (its highest), marked split=test; the
+    other labelled ok rows split=train. Unlabelled and error rows keep split "". Call before
+    `assign_folds`, which gives folds to split=train rows only (test rows keep fold -1, so no
+    training, checkpoint choice or threshold can see them).
+    Returns {"test_share": share, "test_patients": n, "test_images": n, "test_method": ...}."""
+    from sklearn.model_selection import train_test_split
+
+    idx = [i for i, r in enumerate(rows) if r["status"] == "ok" and r["label"] != ""]
+    for i in idx:
+        rows[i]["split"] = "train"
+    info = {"test_share": share, "test_patients": 0, "test_images": 0, "test_method": "none"}
+    if share > 0 and not idx:
+        log("warning: --test-share given but no labelled, successfully ingested image: no test split")
+    if share <= 0 or not idx:
+        return info
+    patient_label: dict[str, str] = {}
+    for i in idx:
+        p, y = rows[i]["patient_id"], rows[i]["label"]
+        patient_label[p] = max(patient_label.get(p, y), y)
+    patients = sorted(patient_label)
+    n_test = round(share * len(patients))
+    if n_test < 1 or n_test >= len(patients):
+        raise ConfigError(f"--test-share {share}: {len(patients)} labelled patients give {n_test} test "
+                          "patients; choose a share that leaves at least one patient on each side")
+    strata = [patient_label[p] for p in patients]
+    counts = Counter(strata)
+    stratify, method = strata, "stratified by patient label"
+    if min(counts.values()) < 2 or len(counts) < 2 or n_test < len(counts) or len(patients) - n_test < len(counts):
+        log("warning: too few patients per class to stratify the test split; drawing it unstratified")
+        stratify, method = None, "unstratified"
+    _, test = train_test_split(patients, test_size=n_test, random_state=seed, shuffle=True, stratify=stratify)
+    test = set(test)
+    for i in idx:
+        if rows[i]["patient_id"] in test:
+            rows[i]["split"] = "test"
+    info.update(test_patients=len(test), test_images=sum(rows[i]["split"] == "test" for i in idx),
+                test_method=method)
+    return info
 
 
 def write_csv(path: Path, columns: list[str], rows: Iterable[dict]) -> None:

@@ -181,31 +181,39 @@ def _auc_from_group_counts(counts: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
 
 
-def bootstrap_counts(y_true, prob, n_boot: int = 1000, seed: int = 0) -> Iterator[np.ndarray]:
-    """The one bootstrap: `n_boot` seeded, class-stratified resamples, yielded in chunks as
-    (B, G, 2) counts of negatives / positives per ascending score group (`_score_groups`).
-
-    Stratified (positives and negatives resampled separately, their counts kept, as pROC does
-    by default): every resample has both classes, so all `n_boot` count even when positives are
-    rare (RSNA: ~2%). Nothing is yielded when a class is absent altogether. A resample is only
-    a count per (score group, class), so one bincount per chunk of resamples serves them all:
-    `bootstrap_aucs` (the CI) and `bootstrap_roc` (the ROC plot's band) read the same resamples.
-    """
-    y = np.asarray(y_true).reshape(-1).astype(np.int64)
-    group, n_groups = _score_groups(prob)
-    cell = group * 2 + y  # each item's (score group, class) cell
+def _stratified_resamples(y: np.ndarray, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """`n_boot` seeded, class-stratified resamples of the item indices, in (B, N) chunks
+    (positives and negatives resampled separately, their counts kept, as pROC does by default:
+    every resample has both classes, so all `n_boot` count even at RSNA's ~2% prevalence).
+    Nothing is yielded when a class is absent. The chunk size depends on N and `n_boot` only."""
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     if pos.size == 0 or neg.size == 0:
         return
-    n = y.size
     rng = np.random.default_rng(seed)
-    chunk = max(1, min(n_boot, 4_000_000 // max(n, 1)))  # bounds memory to ~100 MB per chunk
+    chunk = max(1, min(n_boot, 4_000_000 // max(y.size, 1)))  # bounds memory to ~100 MB per chunk
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
-        idx = np.concatenate([pos[rng.integers(0, pos.size, size=(b, pos.size))],
+        yield np.concatenate([pos[rng.integers(0, pos.size, size=(b, pos.size))],
                               neg[rng.integers(0, neg.size, size=(b, neg.size))]], axis=1)
-        flat = (cell[idx] + (2 * n_groups) * np.arange(b)[:, None]).ravel()
-        yield np.bincount(flat, minlength=b * 2 * n_groups).reshape(b, n_groups, 2)
+
+
+def _group_counts(idx: np.ndarray, cell: np.ndarray, n_groups: int) -> np.ndarray:
+    """(B, G, 2) negatives / positives per score group in each resample row of `idx`."""
+    b = idx.shape[0]
+    flat = (cell[idx] + (2 * n_groups) * np.arange(b)[:, None]).ravel()
+    return np.bincount(flat, minlength=b * 2 * n_groups).reshape(b, n_groups, 2)
+
+
+def bootstrap_counts(y_true, prob, n_boot: int = 1000, seed: int = 0) -> Iterator[np.ndarray]:
+    """The one bootstrap (`_stratified_resamples`), yielded in chunks as (B, G, 2) counts of
+    negatives / positives per ascending score group (`_score_groups`). A resample is only a count
+    per (score group, class), so one bincount per chunk serves them all: `bootstrap_aucs` (the CI),
+    `bootstrap_roc` (the ROC plot's band) and `paired_bootstrap_aucs` read the same resamples."""
+    y = np.asarray(y_true).reshape(-1).astype(np.int64)
+    group, n_groups = _score_groups(prob)
+    cell = group * 2 + y  # each item's (score group, class) cell
+    for idx in _stratified_resamples(y, n_boot, seed):
+        yield _group_counts(idx, cell, n_groups)
 
 
 def bootstrap_aucs(y_true, prob, n_boot: int = 1000, seed: int = 0) -> tuple[np.ndarray, int]:
@@ -218,6 +226,18 @@ def bootstrap_aucs(y_true, prob, n_boot: int = 1000, seed: int = 0) -> tuple[np.
     aucs = np.concatenate(aucs)
     ok = np.isfinite(aucs)
     return aucs[ok], int((~ok).sum())
+
+
+def paired_bootstrap_aucs(y_true, probs, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n_boot, K) AUCs of K scorers `probs` (K, N) on the same stratified resamples of the N
+    items (paired: every scorer sees the same images in each resample); empty (0, K) when a class
+    is absent. With the same seed, column k equals `bootstrap_aucs` of scorer k."""
+    y = np.asarray(y_true).reshape(-1).astype(np.int64)
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1, y.size)
+    cells = [(g * 2 + y, n) for g, n in map(_score_groups, probs)]
+    out = [np.stack([_auc_from_group_counts(_group_counts(idx, cell, n)) for cell, n in cells], axis=1)
+           for idx in _stratified_resamples(y, n_boot, seed)]
+    return np.concatenate(out) if out else np.empty((0, probs.shape[0]))
 
 
 def bootstrap_roc(y_true, prob, grid: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np.ndarray:

@@ -163,13 +163,10 @@ def explain_images(args: argparse.Namespace, primary: LoadedRun, out: Path, devi
 
 
 def pointing(args: argparse.Namespace, primary: LoadedRun, out: Path, device) -> int:
-    import numpy as np
-    import torch
-
-    from medvit.data.datasets import MammoDataset, read_manifest
+    from medvit.data.datasets import read_manifest
     from medvit.errors import MedvitError
-    from medvit.explain import explain, lesion_mask_in_model_space, pointing_game, resolve_method
-    from medvit.ingest import image_stem
+    from medvit.explain import pointing_on_frame, resolve_method
+    from medvit.explain.pointing import rows_with_masks
 
     method = resolve_method(primary.model, args.method)
     data_dir = args.data or primary.data_dir
@@ -180,25 +177,14 @@ def pointing(args: argparse.Namespace, primary: LoadedRun, out: Path, device) ->
     frame = frame[frame["status"] == "ok"]
     if args.fold is not None:
         frame = frame[frame["fold"] == args.fold]
-    # synth names masks by its image_id, the DICOM's file stem (the manifest's path)
-    pngs = [masks_dir / f"{image_stem(str(p))}.png" for p in frame["path"]]
-    has_mask = np.array([p.is_file() for p in pngs], dtype=bool)
-    frame, pngs = frame[has_mask].reset_index(drop=True), [p for p, k in zip(pngs, has_mask) if k]
+    frame, pngs = rows_with_masks(frame, masks_dir)
     if frame.empty:
         raise MedvitError(f"{data_dir}/manifest.csv: no ingested image has a mask in {masks_dir} "
                           "(ingest the synth folder into --data first)")
-    dataset = MammoDataset(data_dir, frame, primary.image_size)  # the validation path, no augmentation
-    heatmaps, masks = [], []
-    for start in range(0, len(dataset), BATCH):
-        idx = range(start, min(start + BATCH, len(dataset)))
-        x = torch.stack([dataset[i][0] for i in idx]).to(device)
-        heatmaps.extend(explain(primary.model, x, method))
-        for i in idx:
-            size = dataset.load(i).shape[0]  # the ingest side: the mask follows the cached image's layout
-            masks.append(lesion_mask_in_model_space(pngs[i], frame.iloc[i].to_dict(), size))
-    result = pointing_game(heatmaps, masks, tolerance=args.tolerance)  # checked in run()
-    result.update(method=method, backbone=primary.name, checkpoint=args.checkpoint, fold=args.fold,
-                  image_ids=frame["image_id"].astype(str).tolist())
+    result = pointing_on_frame(primary.model, data_dir, frame, pngs, primary.image_size, method, device,
+                               tolerance=args.tolerance)  # checked in run()
+    result.update(backbone=primary.name, checkpoint=args.checkpoint, fold=args.fold)
+
     def share(hits: int) -> str:
         return f"{hits}/{result['n']} = {hits / result['n']:.3f}" if result["n"] else "n/a"
 

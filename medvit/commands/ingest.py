@@ -29,7 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: number of CPUs; 1 = in this process)")
     p.add_argument("--folds", type=int, default=4, help="cross-validation folds (default: 4)")
-    p.add_argument("--seed", type=int, default=0, help="fold shuffling seed (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="fold and test-split seed (default: 0)")
+    p.add_argument("--test-share", type=float, default=0.0, metavar="F",
+                   help="hold out this share of the labelled patients as a test split (split=test, fold -1; "
+                        "patient-grouped, label-stratified, seeded) that training never sees; "
+                        "`evaluate` and `compare` score it (default: 0, none)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress output (default: a bar on a terminal, a plain line per tenth of the files otherwise)")
     add_privacy_flags(p)
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or DEFAULT_DATA_DIR
     summary = ingest(
         args.src, out=out, labels=args.labels, label_column=args.label_column, size=args.size,
-        workers=args.workers, folds=args.folds, seed=args.seed,
+        workers=args.workers, folds=args.folds, seed=args.seed, test_share=args.test_share,
         progress=False if args.no_progress else None, any_modality=args.any_modality,
         id_key=args.id_key, raw_patient_ids=args.raw_patient_ids,
     )

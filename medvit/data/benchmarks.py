@@ -249,3 +249,13 @@ def benchmark_splits(name: str, root: str | Path, image_size: int = 32, noise: f
                         num_classes, normalize, None, seed)
     train.clean_labels = y_tr[keep]  # the labels before noise, for measuring memorisation
     return train, test
+
+
+def benchmark_test_set(name: str, root: str | Path, image_size: int = 32) -> ArrayDataset:
+    """The benchmark's official test split (CIFAR-10 test_batch, MNIST t10k), as `benchmark_splits`
+    builds it: what `evaluate` and `compare` score for cifar10 / mnist runs."""
+    loaders = {"cifar10": load_cifar10, "mnist": load_mnist}
+    if name not in loaders:
+        raise MedvitError(f"unknown benchmark {name!r}: valid: {', '.join(loaders)}")
+    x_te, y_te = loaders[name](root, False)
+    return ArrayDataset(x_te, y_te, image_size, [f"{name}-test-{i}" for i in range(len(x_te))], 10)

@@ -48,6 +48,8 @@ def read_manifest(data_dir: str | Path, columns: list[str] | None = None) -> pd.
         return frame
     if missing:
         raise MedvitError(f"{path}: manifest lacks column(s) {', '.join(missing)}; re-run `medvit ingest`")
+    # `split` (ingest --test-share): train | test | "" ; manifests from before it have no test split
+    frame["split"] = frame["split"].fillna("").astype(str) if "split" in frame.columns else ""
     try:
         frame["label"] = pd.to_numeric(frame["label"]).astype(float)
         frame["fold"] = pd.to_numeric(frame["fold"].fillna(-1)).astype(int)
@@ -118,9 +120,11 @@ class MammoDataset(Dataset):
 
 def mammo_splits(data_dir: str | Path, fold: int, image_size: int = DEFAULT_SIZE, train_transform=None,
                  val_transform=None, seed: int = 0) -> tuple[MammoDataset, MammoDataset]:
-    """Train on every labelled, successfully ingested image outside `fold`; validate on `fold`."""
+    """Train on every labelled, successfully ingested image outside `fold`; validate on `fold`.
+    Rows of the test split (`ingest --test-share`) are never used, whatever their fold."""
     frame = read_manifest(data_dir)
-    usable = frame[(frame["status"] == "ok") & frame["label"].notna() & (frame["fold"] >= 0)]
+    usable = frame[(frame["status"] == "ok") & frame["label"].notna() & (frame["fold"] >= 0)
+                   & (frame["split"] != "test")]
     folds = sorted(usable["fold"].unique().tolist())
     if usable.empty:
         n_ok = int((frame["status"] == "ok").sum())
@@ -138,3 +142,14 @@ def mammo_splits(data_dir: str | Path, fold: int, image_size: int = DEFAULT_SIZE
     val = usable[usable["fold"] == fold]
     return (MammoDataset(data_dir, train, image_size, train_transform, seed),
             MammoDataset(data_dir, val, image_size, val_transform, seed))
+
+
+def test_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The labelled, successfully ingested rows of the held-out test split (empty without one)."""
+    return frame[(frame["split"] == "test") & (frame["status"] == "ok") & frame["label"].notna()]
+
+
+def mammo_test_set(data_dir: str | Path, image_size: int = 512, transform=None, seed: int = 0) -> MammoDataset | None:
+    """The test split of `ingest --test-share` as a dataset, or None when the manifest has none."""
+    rows = test_rows(read_manifest(data_dir))
+    return None if rows.empty else MammoDataset(data_dir, rows, image_size, transform, seed)

@@ -23,7 +23,7 @@ VIT_METHODS = ("attention", "rollout")
 
 __all__ = [
     "METHODS", "attention_maps", "attention_rollout", "class_mean_maps", "cls_attention", "explain",
-    "gradcam", "grid_size", "lesion_mask_in_model_space", "pointing_game", "captured_output",
+    "gradcam", "grid_size", "lesion_mask_in_model_space", "pointing_game", "pointing_on_frame", "captured_output",
     "resolve_method", "save_overlay", "save_panel",
 ]
 
@@ -73,3 +73,26 @@ def class_mean_maps(model: nn.Module, loader: Iterable, method: str = "auto") ->
             sums[label] = sums.get(label, 0.0) + m.astype(np.float64)
             counts[label] = counts.get(label, 0) + 1
     return {c: (sums[c] / counts[c]).astype(np.float32) for c in sorted(sums)}
+
+
+def pointing_on_frame(model: nn.Module, data_dir, frame, mask_pngs: list, image_size: int, method: str,
+                      device, tolerance: float | None = None, batch: int = 8) -> dict:
+    """Pointing game of `model` over manifest rows `frame` (their cached images, no augmentation)
+    against their synth lesion masks `mask_pngs` (one per row): `pointing_game`'s dict, plus
+    method and image_ids. Used by `explain --pointing` and `compare`."""
+    from medvit.data.datasets import MammoDataset
+    from medvit.explain.pointing import TOLERANCE
+
+    frame = frame.reset_index(drop=True)
+    dataset = MammoDataset(data_dir, frame, image_size)  # the validation path, no augmentation
+    heatmaps, masks = [], []
+    for start in range(0, len(dataset), batch):
+        idx = range(start, min(start + batch, len(dataset)))
+        x = torch.stack([dataset[i][0] for i in idx]).to(device)
+        heatmaps.extend(explain(model, x, method))
+        for i in idx:
+            size = dataset.load(i).shape[0]  # the ingest side: the mask follows the cached image's layout
+            masks.append(lesion_mask_in_model_space(mask_pngs[i], frame.iloc[i].to_dict(), size))
+    result = pointing_game(heatmaps, masks, tolerance=TOLERANCE if tolerance is None else tolerance)
+    result.update(method=method, image_ids=frame["image_id"].astype(str).tolist())
+    return result

@@ -78,3 +78,14 @@ def lesion_mask_in_model_space(mask_png_path: str | Path, info: dict, size: int)
         return apply_geometry(mask.astype(np.float32), info, int(size)) >= 0.5
     except ValueError as err:
         raise MedvitError(f"{mask_png_path}: {err}") from err
+
+
+def rows_with_masks(frame, masks_dir: str | Path):
+    """(the manifest rows that have a synth lesion mask, their mask PNG paths). Synth names a mask
+    by its image_id, the DICOM's file stem (the manifest's path)."""
+    from medvit.ingest import image_stem
+
+    masks_dir = Path(masks_dir)
+    pngs = [masks_dir / f"{image_stem(str(p))}.png" for p in frame["path"]]
+    has_mask = np.array([p.is_file() for p in pngs], dtype=bool)
+    return frame[has_mask].reset_index(drop=True), [p for p, k in zip(pngs, has_mask) if k]

@@ -9,6 +9,7 @@ from pathlib import Path
 from medvit.io import atomic_path
 
 STEP_COLUMNS = ["step", "epoch", "loss", "lr", "images_per_s"]
+DATA_IDS = "data_ids.csv"
 EPOCH_COLUMNS = ["epoch", "step", "train_loss", "train_error", "val_loss", "val_accuracy", "val_auc",
                  "lr", "elapsed"]
 
@@ -39,6 +40,22 @@ class RunLog:
         self.info("epoch {epoch}: train_loss {train_loss:.4f} train_error {train_error:.4f} "
                   "val_loss {val_loss:.4f} val_accuracy {val_accuracy:.4f} val_auc {auc}".format(
                       auc=_fmt(row.get("val_auc")), **{k: v for k, v in row.items() if k != "val_auc"}))
+
+    def data_ids(self, train_ids: list, val_ids: list) -> None:
+        """RUN_DIR/data_ids.csv: every image id the run trained on (role train) or chose its
+        checkpoint and threshold on (role val), so an audit can show a test split never reached either."""
+        if not self.enabled:
+            return
+        import io
+
+        from medvit.io import write_text
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["image_id", "role"])
+        w.writerows([i, "train"] for i in train_ids)
+        w.writerows([i, "val"] for i in val_ids)
+        write_text(self.dir / DATA_IDS, buf.getvalue())
 
     def info(self, message: str) -> None:
         if not self.enabled:

@@ -43,6 +43,7 @@ class Trainer:
 
         backbone_kind(cfg.model.backbone)  # an unknown name fails before any data is read
         self.ingest_size = setup.ingest_size_of(cfg)  # in checkpoints: predict/explain preprocess at it
+        self.data_identity = setup.data_identity(cfg)  # in checkpoints: compare refuses mismatched runs
         self.cfg, self.run_dir = setup.resolve_sizes(cfg, self.ingest_size), Path(run_dir)
         cfg = self.cfg
         self.device = setup.pick_device(cfg.train.device)
@@ -123,6 +124,7 @@ class Trainer:
             "threshold": self.threshold,
             "binary": self.binary,
             "ingest_size": self.ingest_size,
+            "data_identity": self.data_identity,
             "config": config_to_dict(self.cfg),
         }
 
@@ -152,6 +154,7 @@ class Trainer:
         cfg, c = self.cfg, self.c
         if self.dist.main:
             save_config(cfg, self.run_dir / "config.yaml")
+            self.log.data_ids(self.data.train.ids, self.data.val.ids)
         self.log.info(f"backbone {self.spec['name']} ({sum(p.numel() for p in self.model.parameters()):,} "
                       f"parameters) on {self.device}, {len(self.data.train)} train / {len(self.data.val)} val images")
         t0 = time.perf_counter() - c.elapsed

@@ -29,6 +29,43 @@ def ingest_size_of(cfg: Config) -> int | None:
     return ingest_size(cfg.data.dir)
 
 
+# ingest.json settings that decide which image lands in which fold / split
+SPLIT_SETTINGS = ("settings_key", "labels", "label_column", "folds", "seed", "test_share")
+
+
+def split_fingerprint(data_dir) -> str:
+    """sha1 over (image_id, fold, split) of the labelled ok rows of DATA_DIR's manifest: two runs
+    with the same fingerprint and fold trained, validated and are tested on the same images."""
+    import hashlib
+
+    from medvit.data.datasets import read_manifest
+
+    frame = read_manifest(data_dir)
+    frame = frame[(frame["status"] == "ok") & frame["label"].notna()]
+    lines = sorted(f"{i}\t{f}\t{s}" for i, f, s in zip(frame["image_id"], frame["fold"], frame["split"]))
+    return hashlib.sha1("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def data_identity(cfg: Config) -> dict:
+    """What a run was trained and selected on, saved in its checkpoints so `compare` can refuse
+    runs trained on different ingests or folds: data kind and folder, fold (mammograms),
+    the ingest settings that place images in folds / the test split, and `split_fingerprint`."""
+    import json
+    from pathlib import Path
+
+    d = cfg.data
+    ident: dict = {"kind": d.kind, "dir": str(Path(d.dir).resolve())}
+    if d.kind != "mammo":
+        return ident
+    ingest_json = Path(d.dir) / "ingest.json"
+    settings = {}
+    if ingest_json.is_file():
+        settings = json.loads(ingest_json.read_text(encoding="utf-8")).get("settings", {})
+    ident.update(fold=int(d.fold), ingest={k: settings.get(k) for k in SPLIT_SETTINGS},
+                 split_sha1=split_fingerprint(d.dir))
+    return ident
+
+
 def resolve_sizes(cfg: Config, ingest_size: int | None) -> Config:
     """A copy of `cfg` with data.image_size set: as given, else the data's own size
     (`ingest_size` for mammograms, 32 for CIFAR-10, 28 for MNIST). The run saves this copy."""
