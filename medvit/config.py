@@ -32,6 +32,10 @@ class DataConfig:
     pos_fraction: float = 0.25  # share of positives in each balanced batch
     label_noise: float = 0.0  # fraction of training labels replaced by another class (seed 000)
     train_size: int = 0  # 0 = all; else a stratified subset (learning curves)
+    val_size: float = 0.1  # cifar10/mnist: validation carved from the training file (fraction < 1 or count); 0 = none
+    test_fold: int = -1  # mammo: a fold held out from training and validation, scored once at the end; -1 = none
+    classes: list = field(default_factory=list)  # cifar10/mnist: keep these classes only, e.g. [5, 8]
+    channels: Optional[int] = None  # cifar10/mnist: 1 (grey) or 3; None = the data's own
     augment: dict = field(default_factory=dict)  # albumentations settings, see medvit.data.transforms
 
 
@@ -79,6 +83,7 @@ class TrainConfig:
     monitor: str = "val_auc"  # metric choosing best.pt
     monitor_mode: str = "max"  # max | min
     log_every: int = 10  # steps between step-level log lines
+    val_every: int = 1  # validate every N epochs; 0 = never (best.pt is not written; studies that score last.pt)
     ckpt_every: int = 0  # also save last.pt every N steps inside an epoch (long mammography epochs); 0 = per epoch
     sample_log: bool = False  # each rank writes the image ids it trained on to RUN_DIR/samples/ (audit, DDP tests)
     out: str = ""  # run directory; "" = runs/<backbone>-<time>
@@ -156,7 +161,7 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
             pass
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if hint in (str, bool, dict) and isinstance(value, hint):
+    if hint in (str, bool, dict, list) and isinstance(value, hint):
         return value
     raise ConfigError(f"config key {key!r}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
 

@@ -34,7 +34,8 @@ class EvalData:
 
 
 def eval_data(cfg, fold: int | None = None, data_dir: str | Path | None = None) -> EvalData:
-    """The data to score: the run's validation fold (default), another fold, or every labelled
+    """The data to score: the run's held-out test split when it has one (CIFAR-10/MNIST test files,
+    mammography `data.test_fold`), else its validation fold; or another fold, or every labelled
     ok image of another ingest folder (`data_dir`; for CIFAR-10/MNIST runs, another benchmark
     folder's test split)."""
     from medvit.train.setup import build_data
@@ -54,15 +55,20 @@ def eval_data(cfg, fold: int | None = None, data_dir: str | Path | None = None) 
         if d.kind != "mammo":
             raise ConfigError(f"evaluate --fold is for mammography runs; this run's data.kind is {d.kind!r} "
                               "(CIFAR-10/MNIST runs are scored on the test split)")
-        if fold != d.fold:
+        if fold not in (d.fold, d.test_fold):
             notes.append(f"fold {fold} was part of this run's training data (it validated on fold {d.fold}): "
                          "these numbers are optimistic")
-        d.fold = int(fold)
+        d.fold, d.test_fold = int(fold), -1
     if data_dir is not None:
         d.dir = str(data_dir)
-    split = f"validation fold {d.fold}" if d.kind == "mammo" else "test split"
-    return EvalData(build_data(cfg).val, {"kind": d.kind, "dir": d.dir,
-                                          "fold": d.fold if d.kind == "mammo" else None, "split": split}, notes)
+    bundle = build_data(cfg)
+    if d.kind != "mammo":
+        return EvalData(bundle.test, {"kind": d.kind, "dir": d.dir, "fold": None, "split": "test split"}, notes)
+    if bundle.test is not None:
+        return EvalData(bundle.test, {"kind": d.kind, "dir": d.dir, "fold": d.test_fold,
+                                      "split": f"held-out test fold {d.test_fold}"}, notes)
+    return EvalData(bundle.val, {"kind": d.kind, "dir": d.dir, "fold": d.fold,
+                                 "split": f"validation fold {d.fold}"}, notes)
 
 
 def _labelled_images(cfg, data_dir: Path):
@@ -177,10 +183,11 @@ def write_plots(frame: pd.DataFrame, report: dict, out: Path, run_dir: Path, bin
 def evaluate(run_dir: str | Path, *, which: str = "best", fold: int | None = None,
              data_dir: str | Path | None = None, n_boot: int = 1000, seed: int = 0,
              out: str | Path | None = None, device: str = "auto", batch_size: int | None = None,
-             workers: int = 0) -> dict[str, Any]:
+             workers: int = 0, plots: bool = True) -> dict[str, Any]:
     """Score a run; write metrics.json, predictions.csv and the plots into `out`; return the metrics.
 
-    which: best | last (inside RUN_DIR/checkpoints) or a checkpoint file.
+    which: best | last (inside RUN_DIR/checkpoints) or a checkpoint file. plots=False skips the
+    PNGs (sweeps score hundreds of runs and draw their own plots).
     """
     from torch.utils.data import DataLoader
 
@@ -203,7 +210,8 @@ def evaluate(run_dir: str | Path, *, which: str = "best", fold: int | None = Non
     model = build_model_from_checkpoint(ckpt).to(dev)
     binary = bool(ckpt.get("binary", True))
     loader = DataLoader(data.dataset, batch_size=batch_size or cfg.data.batch_size, shuffle=False,
-                        num_workers=workers, pin_memory=dev.type == "cuda")
+                        num_workers=workers, pin_memory=dev.type == "cuda",
+                        collate_fn=getattr(data.dataset, "collate_fn", None))
     ids, labels, probs, loss = predict(model, loader, dev, amp_dtype(cfg, dev), binary)
     frame = predictions_frame(data.dataset, ids, labels, probs, binary)
 
@@ -216,7 +224,8 @@ def evaluate(run_dir: str | Path, *, which: str = "best", fold: int | None = Non
     out = Path(out) if out else run_dir / EVAL_DIR
     out.mkdir(parents=True, exist_ok=True)
     names = _class_names(cfg.data.kind)
-    plots, plot_notes = write_plots(frame, report, out, run_dir, binary, n_boot, seed, names)
+    plots, plot_notes = (write_plots(frame, report, out, run_dir, binary, n_boot, seed, names) if plots
+                         else ([], []))
     report = {"run_dir": str(run_dir), "checkpoint": str(ckpt_path), "backbone": ckpt["model_spec"]["name"],
               "binary": binary, "checkpoint_threshold": threshold, "data": data.source, "seed": seed,
               **report, "plots": plots}

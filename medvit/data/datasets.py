@@ -110,8 +110,9 @@ class MammoDataset(Dataset):
 
 
 def mammo_splits(data_dir: str | Path, fold: int, image_size: int = 512, train_transform=None,
-                 val_transform=None, seed: int = 0) -> tuple[MammoDataset, MammoDataset]:
-    """Train on every labelled, successfully ingested image outside `fold`; validate on `fold`."""
+                 val_transform=None, seed: int = 0, test_fold: int = -1) -> tuple[MammoDataset, MammoDataset]:
+    """Train on every labelled, successfully ingested image outside `fold` (and `test_fold`, held
+    out for `mammo_test_split`); validate on `fold`."""
     frame = read_manifest(data_dir)
     usable = frame[(frame["status"] == "ok") & frame["label"].notna() & (frame["fold"] >= 0)]
     folds = sorted(usable["fold"].unique().tolist())
@@ -123,7 +124,10 @@ def mammo_splits(data_dir: str | Path, fold: int, image_size: int = 512, train_t
     if fold not in folds:
         raise MedvitError(f"{Path(data_dir) / MANIFEST}: no labelled images in fold {fold}; "
                           f"folds present: {folds if folds else 'none'}")
-    train = usable[usable["fold"] != fold]
+    if test_fold >= 0 and (test_fold == fold or test_fold not in folds):
+        raise MedvitError(f"{Path(data_dir) / MANIFEST}: data.test_fold {test_fold} must be a fold present "
+                          f"({folds}) other than the validation fold {fold}")
+    train = usable[(usable["fold"] != fold) & (usable["fold"] != test_fold)]
     if train.empty:
         errors = int(((frame["fold"] != fold) & (frame["status"] != "ok")).sum())
         raise MedvitError(f"{Path(data_dir) / MANIFEST}: no labelled, successfully ingested image outside "
@@ -131,3 +135,11 @@ def mammo_splits(data_dir: str | Path, fold: int, image_size: int = 512, train_t
     val = usable[usable["fold"] == fold]
     return (MammoDataset(data_dir, train, image_size, train_transform, seed),
             MammoDataset(data_dir, val, image_size, val_transform, seed))
+
+
+def mammo_test_split(data_dir: str | Path, test_fold: int, image_size: int = 512, transform=None,
+                     seed: int = 0) -> MammoDataset:
+    """The labelled, successfully ingested images of `test_fold` (held out by mammo_splits)."""
+    frame = read_manifest(data_dir)
+    usable = frame[(frame["status"] == "ok") & frame["label"].notna() & (frame["fold"] == test_fold)]
+    return MammoDataset(data_dir, usable, image_size, transform, seed)

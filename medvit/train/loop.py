@@ -94,7 +94,8 @@ class Trainer:
         g = torch.Generator().manual_seed(self.cfg.train.seed + self.c.epoch)
         workers = self.cfg.data.workers
         kw = dict(num_workers=workers, generator=g, pin_memory=self.device.type == "cuda",
-                  multiprocessing_context=worker_context() if workers else None)
+                  multiprocessing_context=worker_context() if workers else None,
+                  collate_fn=getattr(dataset, "collate_fn", None))  # batch-by-index datasets pass batches through
         if batch_sampler is not None:
             return DataLoader(dataset, batch_sampler=batch_sampler, **kw)
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kw)
@@ -229,23 +230,27 @@ class Trainer:
         from medvit.metrics import classification_metrics
 
         c = self.c
-        ids, labels, probs, val_loss = predict_loader(self, self._loader(self.data.val, batch_size=self.cfg.data.batch_size))
-        m = classification_metrics(labels, probs, loss=val_loss, n_boot=0)
+        every = self.cfg.train.val_every
+        validate = bool(every) and (c.epoch + 1) % every == 0 and len(self.data.val) > 0
         row = {
             "epoch": c.epoch, "step": c.step,
             "train_loss": c.epoch_loss / max(c.epoch_seen, 1),
             "train_error": c.epoch_errors / max(c.epoch_seen, 1),
-            "val_loss": m["loss"], "val_accuracy": m["accuracy"],
-            "val_auc": m.get("auc", m.get("auc_macro_ovr")),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "elapsed": time.perf_counter() - t0,
         }
-        if m.get("best_f1_threshold") is not None:  # the validation operating point predict uses
-            self.threshold = m["best_f1_threshold"]
+        if validate:
+            ids, labels, probs, val_loss = predict_loader(
+                self, self._loader(self.data.val, batch_size=self.cfg.data.batch_size))
+            m = classification_metrics(labels, probs, loss=val_loss, n_boot=0)
+            row.update(val_loss=m["loss"], val_accuracy=m["accuracy"], val_auc=m.get("auc", m.get("auc_macro_ovr")))
+            if m.get("best_f1_threshold") is not None:  # the validation operating point predict uses
+                self.threshold = m["best_f1_threshold"]
+        row["elapsed"] = time.perf_counter() - t0
         c.train_errors.append(c.epoch_errors)
         c.epoch, c.batch, c.epoch_loss, c.epoch_errors, c.epoch_seen = c.epoch + 1, 0, 0.0, 0, 0
         c.elapsed = row["elapsed"]
-        self._update_best(row)
+        if validate:
+            self._update_best(row)
         self.log.epoch(row)
         self._save("last")
         flat = self.cfg.train.flat_epochs
