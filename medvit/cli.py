@@ -16,6 +16,7 @@ from medvit.errors import MedvitError
 
 # Only commands that exist are listed: no placeholders.
 COMMANDS = ["synth", "ingest", "train", "evaluate", "explain", "predict"]
+COMMANDS.append("study")
 
 
 def _available_commands() -> list[str]:
@@ -40,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides after a flag (argparse gives positionals after options back unparsed)
+        if getattr(args, "overrides", None) is None or not all("=" in x and not x.startswith("-") for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     if args.command is None:
         parser.print_help()
         return 0
