@@ -117,11 +117,13 @@ def _arms(name: str, s: StudySettings) -> list[tuple[str, dict, str, list]]:
     if name != "heads-layers":  # an arm may carry its own `points` (e.g. CNN and ViT widths); --points wins
         out = []
         for arm, over in s.arms.items():
+            if over is None:  # `study.arms.vit=null` drops an inherited arm
+                continue
             over = dict(over)
             own = over.pop("points", None)
             out.append((arm, over, axis, [None] if axis == "none" else list(s.points or own or [])))
         return out
-    if "vit" not in s.arms:
+    if not s.arms.get("vit"):
         raise ConfigError("heads-layers: study.arms needs a 'vit' arm (and 'cnn' for the combined comparison)")
     out = []
     vit = s.arms["vit"]
@@ -134,7 +136,7 @@ def _arms(name: str, s: StudySettings) -> list[tuple[str, dict, str, list]]:
             out += [(f"vit_H1_L{n}", deep_merge(vit, {"model": {"kwargs": {"heads": 1, "depth": int(n)}}}),
                      "p_train", list(s.p_train)) for n in layers]
         elif sweep == "combined":
-            if "cnn" in s.arms:
+            if s.arms.get("cnn"):
                 out.append(("cnn", s.arms["cnn"], "p_train", list(s.p_train)))
             out += [(f"vit_H{h}_L{n}", deep_merge(vit, {"model": {"kwargs": {"heads": int(h), "depth": int(n)}}}),
                      "p_train", list(s.p_train)) for h, n in s.combined]

@@ -136,7 +136,9 @@ def _double_descent(df: pd.DataFrame, out: Path) -> tuple[str, list[str], dict]:
         fig, axes = _fig(2, (5.5, 4.5))
         noises = sorted(a["noise"].unique())
         for i, (noise, g) in enumerate(a.groupby("noise")):
-            m = g.groupby("point")[["train_error", "test_error"]].agg(["mean", "std"])
+            by = g.groupby("point")
+            m = pd.DataFrame({(c, stat): getattr(by[c], stat)() for c in ("train_error", "test_error")
+                              for stat in ("mean", "std")})
             widths = m.index.to_numpy(dtype=float)
             key = f"{noise:g}"
             peak = peak_width(widths, m[("test_error", "mean")].to_numpy())

@@ -62,6 +62,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.ema = self._build_ema()
         self.c = Counters()
+        self._last_save = time.perf_counter()
         self.threshold = 0.5
         self.log = logs.RunLog(self.run_dir, enabled=self.dist.main)
         if resume:
@@ -142,6 +143,8 @@ class Trainer:
         self.log.trim(self.c.step, self.c.epoch, self.dist.rank)
 
     def _save(self, name: str) -> None:
+        if name == "last":
+            self._last_save = time.perf_counter()
         if self.dist.main:
             save_checkpoint(self._payload(), self.run_dir / "checkpoints" / f"{name}.pt")
 
@@ -252,7 +255,8 @@ class Trainer:
         if validate:
             self._update_best(row)
         self.log.epoch(row)
-        self._save("last")
+        if time.perf_counter() - self._last_save >= self.cfg.train.ckpt_min_interval:
+            self._save("last")  # resume is exact from any saved epoch, so skipping some only costs redone work
         flat = self.cfg.train.flat_epochs
         if flat and len(c.train_errors) > flat and len(set(c.train_errors[-flat - 1:])) == 1:
             c.stop_reason = f"train error unchanged for {flat} epochs"
