@@ -74,6 +74,8 @@ class TrainConfig:
     max_steps: int = 0  # 0 = no limit
     max_wall: float = 0.0  # seconds; 0 = no limit
     flat_epochs: int = 0  # stop when train error is unchanged for this many epochs (seed 000's delta_err); 0 = off
+    flat_min_steps: int = 0  # the flat_epochs rule applies from this step on (tiny sets: an epoch is one step, and
+    #                          an early plateau of 20 steps is not convergence)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto | bf16 | fp16 | off

@@ -75,12 +75,15 @@ def _train_and_score(run: dict, run_dir: Path) -> dict:
         summary["resumed"] = resume
         write_text(trained, json.dumps(summary, indent=1) + "\n")
     device = str(pick_device(cfg.train.device))
+    t = time.perf_counter()
     report = evaluate(run_dir, which=run["checkpoint"], n_boot=run["n_boot"], seed=0, device=device,
                       plots=False, out=run_dir / "eval")
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the worker is reused by the next run
+    score = time.perf_counter() - t
     return {**_train_columns(run_dir, summary), **_test_columns(report), "device": device,
-            "params": _params(run_dir)}
+            "params": _params(run_dir), "fit_wall_s": round(summary.get("fit_wall_s", float("nan")), 3),
+            "score_wall_s": round(score, 3)}
 
 
 def _train_columns(run_dir: Path, summary: dict) -> dict:
