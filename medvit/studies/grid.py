@@ -177,6 +177,7 @@ def expand(name: str, settings: StudySettings, base: dict, out: str | Path) -> l
                         _set(tree, "data.batch_size", int(size))
                     _set(tree, "train.out", "")
                     cfg = config_to_dict(config_from_dict(tree))
+                    cfg["data"]["dir"] = str(Path(cfg["data"]["dir"]).resolve())  # workers may start elsewhere
                     label = "-".join(x for x in (arm, f"{axis}{point}" if AXES[axis] else "",
                                                  f"noise{noise:g}" if noise is not None else "", f"seed{seed}") if x)
                     run_id = f"{label}-{config_hash(cfg)}"
