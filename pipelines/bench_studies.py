@@ -154,6 +154,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=4)
     p.add_argument("--run-seconds", type=float, default=10.0)
     p.add_argument("--skip-overhead", action="store_true")
+    p.add_argument("--skip-speed", action="store_true")
     args = p.parse_args()
     import torch
 
@@ -161,7 +162,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = Path(args.data) if args.data else synthetic_mnist(tmp / "mnist", args.batch_size * 8 * args.runs)
-        speed(args, data, tmp)
+        if not args.skip_speed:
+            speed(args, data, tmp)
         if not args.skip_overhead:
             overhead(args, data, tmp)
 

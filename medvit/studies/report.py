@@ -206,8 +206,12 @@ def _learning_curves(df: pd.DataFrame, out: Path, groups: dict[str, list[str]] |
                 ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci[0] is not None else ""
                 ax.plot(p, np.exp(f["intercept"]) * p ** f["alpha"], "-", color=f"C{i}",
                         label=f"{arm}: α = {f['alpha']:.2f}{ci_txt}")
+        what = "" if name == "learning_curve" else f" ({name})"
         ax.set(xscale="log", yscale="log", xlabel="p_train (training points)", ylabel="test error",
-               title=f"Learning curves ({name.replace('_', ' ')}): ε_test ∝ p^α")
+               title=f"Learning curves{what}: ε_test ∝ p_train^α")
+        ticks = sorted(ok[ok["arm"].isin(arms)]["point"].unique())
+        ax.set_xticks(ticks, [str(int(t)) for t in ticks])
+        ax.xaxis.set_minor_formatter("")
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
