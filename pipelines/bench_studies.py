@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 MODELS = {  # seed 000's set-ups, as configs/study_seed000.yaml
-    "basic_cnn": ["model.backbone=basic_cnn", "model.kwargs={width: 10}", "optim.name=sgd", "optim.lr=0.01",
+    "basic_cnn": ["model.backbone=basic_cnn", "model.kwargs={width: 10}", "optim.name=sgd", "optim.lr=0.005",
                   "optim.width_scaled_lr=true", "optim.weight_decay=0"],
     "basic_vit": ["model.backbone=basic_vit", "model.kwargs={width: 128, heads: 1, depth: 1}", "optim.name=adamw",
                   "optim.lr=0.001", "optim.weight_decay=0.01"],
