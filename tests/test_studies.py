@@ -13,7 +13,7 @@ import pytest
 
 from medvit.studies import redraw, run_study
 from medvit.studies.fits import fit_power_law, peak_width
-from tests.fake_cache import make_manifest
+from fake_cache import make_manifest
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
