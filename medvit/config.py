@@ -32,6 +32,9 @@ class DataConfig:
     pos_fraction: float = 0.25  # share of positives in each balanced batch
     label_noise: float = 0.0  # fraction of training labels replaced by another class (seed 000)
     train_size: int = 0  # 0 = all; else a stratified subset (learning curves)
+    val_size: float = 0.1  # cifar10/mnist: validation carved from the training file (fraction < 1 or count); 0 = none
+    classes: list = field(default_factory=list)  # cifar10/mnist: keep these classes only, e.g. [5, 8]
+    channels: Optional[int] = None  # cifar10/mnist: 1 (grey) or 3; None = the data's own
     augment: dict = field(default_factory=dict)  # albumentations settings, see medvit.data.transforms
 
 
@@ -70,6 +73,8 @@ class TrainConfig:
     max_steps: int = 0  # 0 = no limit
     max_wall: float = 0.0  # seconds; 0 = no limit
     flat_epochs: int = 0  # stop when train error is unchanged for this many epochs (seed 000's delta_err); 0 = off
+    flat_min_steps: int = 0  # the flat_epochs rule applies from this step on (tiny sets: an epoch is one step, and
+    #                          an early plateau of 20 steps is not convergence)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto | bf16 | fp16 | off
@@ -79,7 +84,9 @@ class TrainConfig:
     monitor: str = "val_auc"  # metric choosing best.pt
     monitor_mode: str = "max"  # max | min
     log_every: int = 10  # steps between step-level log lines
+    val_every: int = 1  # validate every N epochs; 0 = never (best.pt is not written; studies that score last.pt)
     ckpt_every: int = 0  # also save last.pt every N steps inside an epoch (long mammography epochs); 0 = per epoch
+    ckpt_min_interval: float = 0.0  # seconds: skip an epoch's last.pt when one was saved more recently (tiny epochs); 0 = every epoch
     sample_log: bool = False  # each rank writes the image ids it trained on to RUN_DIR/samples/ (audit, DDP tests)
     out: str = ""  # run directory; "" = runs/<backbone>-<time>
 
@@ -180,7 +187,7 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
             pass
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if hint in (str, bool, dict) and isinstance(value, hint):
+    if hint in (str, bool, dict, list) and isinstance(value, hint):
         return value
     raise ConfigError(f"config key {key!r}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
 

@@ -57,11 +57,9 @@ def eval_data(cfg, fold: int | None = None, data_dir: str | Path | None = None, 
         if fold is not None or split == "validation":
             raise ConfigError(f"evaluate --fold / --split validation are for mammography runs; this run's "
                               f"data.kind is {d.kind!r} (CIFAR-10/MNIST runs are scored on the test split)")
-        from medvit.data.benchmarks import benchmark_test_set
-
-        root = str(data_dir) if data_dir is not None else d.dir
-        return EvalData(benchmark_test_set(d.kind, root, d.image_size),
-                        {"kind": d.kind, "dir": root, "fold": None, "split": TEST}, notes)
+        if data_dir is not None:  # another copy of the benchmark files
+            d.dir = str(data_dir)
+        return EvalData(build_data(cfg).test, {"kind": d.kind, "dir": d.dir, "fold": None, "split": TEST}, notes)
     if data_dir is not None:
         if Path(data_dir).resolve() == Path(d.dir).resolve():
             notes.append(f"{data_dir} is this run's own data folder: every labelled image is scored, "
@@ -90,11 +88,9 @@ def eval_data(cfg, fold: int | None = None, data_dir: str | Path | None = None, 
 
 
 def _test_images(cfg):
-    from medvit.data.datasets import mammo_test_set
-    from medvit.data.transforms import build_transform
+    from medvit.train.setup import build_data
 
-    return mammo_test_set(cfg.data.dir, cfg.data.image_size, build_transform(cfg.data.augment, train=False),
-                          cfg.train.seed)
+    return build_data(cfg).test
 
 
 def _labelled_images(cfg, data_dir: Path):
@@ -237,7 +233,8 @@ def score(ckpt: dict, cfg, dataset, device: str = "auto", batch_size: int | None
     model = build_model_from_checkpoint(ckpt).to(dev)
     binary = bool(ckpt.get("binary", True))
     loader = DataLoader(dataset, batch_size=batch_size or cfg.data.batch_size, shuffle=False,
-                        num_workers=workers, pin_memory=dev.type == "cuda")
+                        num_workers=workers, pin_memory=dev.type == "cuda",
+                        collate_fn=getattr(dataset, "collate_fn", None))
     ids, labels, probs, loss = predict(model, loader, dev, amp_dtype(cfg, dev), binary)
     return predictions_frame(dataset, ids, labels, probs, binary), loss
 
@@ -245,11 +242,12 @@ def score(ckpt: dict, cfg, dataset, device: str = "auto", batch_size: int | None
 def evaluate(run_dir: str | Path, *, which: str = "best", fold: int | None = None,
              data_dir: str | Path | None = None, split: str = "auto", n_boot: int = 1000, seed: int = 0,
              out: str | Path | None = None, device: str = "auto", batch_size: int | None = None,
-             workers: int = 0) -> dict[str, Any]:
+             workers: int = 0, plots: bool = True) -> dict[str, Any]:
     """Score a run; write metrics.json, predictions.csv and the plots into `out`; return the metrics.
 
     which: best | last (inside RUN_DIR/checkpoints) or a checkpoint file. split: auto (the test
-    split when the data has one, else the validation fold) | test | validation.
+    split when the data has one, else the validation fold) | test | validation. plots=False skips
+    the PNGs (sweeps score hundreds of runs and draw their own plots).
     """
     from medvit.metrics import multiclass_metrics
 
@@ -269,8 +267,8 @@ def evaluate(run_dir: str | Path, *, which: str = "best", fold: int | None = Non
     out = Path(out) if out else run_dir / EVAL_DIR
     out.mkdir(parents=True, exist_ok=True)
     names = _class_names(cfg.data.kind)
-    plots, plot_notes = write_plots(frame, report, out, run_dir, binary, n_boot, seed, names,
-                                    split=data.source["split"])
+    plots, plot_notes = (write_plots(frame, report, out, run_dir, binary, n_boot, seed, names,
+                                     split=data.source["split"]) if plots else ([], []))
     report = {"run_dir": str(run_dir), "checkpoint": str(ckpt_path), "backbone": ckpt["model_spec"]["name"],
               "binary": binary, "checkpoint_threshold": threshold, "data": data.source,
               "split": data.source["split"], "seed": seed, **report, "plots": plots}

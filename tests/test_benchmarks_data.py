@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from medvit.data.benchmarks import (ArrayDataset, benchmark_splits, label_noise, load_cifar10, load_mnist,
+from medvit.data.benchmarks import (MNIST_FILES, ArrayDataset, benchmark_splits, label_noise, load_cifar10, load_mnist,
                                     stratified_subset, write_cifar10, write_mnist)
 from medvit.data.transforms import build_transform
 from medvit.errors import MedvitError
@@ -85,7 +85,7 @@ def test_mnist_truncated_file(tmp_path):
     write_mnist(tmp_path, *fake(3, (28, 28)), *fake(1, (28, 28)))
     img = tmp_path / "train-images-idx3-ubyte"
     img.write_bytes(img.read_bytes()[:-10])
-    with pytest.raises(MedvitError, match="train-images-idx3-ubyte: header says"):
+    with pytest.raises(MedvitError, match="train-images-idx3-ubyte: truncated or padded IDX file: header says"):
         load_mnist(tmp_path, train=True)
 
 
@@ -116,11 +116,11 @@ def test_stratified_subset_is_proportional_nested_and_seeded():
 def test_benchmark_splits_mnist_resized_with_noise_and_subset(tmp_path):
     (xtr, ytr), (xte, yte) = fake(40, (28, 28)), fake(10, (28, 28))
     write_mnist(tmp_path, xtr, ytr, xte, yte)
-    train, test = benchmark_splits("mnist", tmp_path, image_size=32, noise=0.25, seed=0, train_size=20)
-    assert len(train) == 20 and len(test) == 10 and train.in_chans == 1 and train.num_classes == 10
+    train, val, test = benchmark_splits("mnist", tmp_path, image_size=32, noise=0.25, seed=0, train_size=20)
+    assert len(train) == 20 and len(val) == 0 and len(test) == 10 and train.in_chans == 1 and train.num_classes == 10
     x, y = train[0]
     assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
-    assert (train.labels != train.clean_labels).sum() == 5  # noise on training labels only
+    assert 0 < (train.labels != train.clean_labels).sum() < 20  # noise (on the whole file) on training labels
     assert np.array_equal(test.labels, yte)
     kept = [int(i.rsplit("-", 1)[1]) for i in train.ids]
     assert np.array_equal(train.clean_labels, ytr[kept]) and train.ids[0].startswith("mnist-train-")
@@ -130,11 +130,11 @@ def test_benchmark_splits_mnist_resized_with_noise_and_subset(tmp_path):
 def test_benchmark_splits_cifar_grayscale_and_values(tmp_path):
     (xtr, ytr), (xte, yte) = fake(12, (32, 32, 3)), fake(3, (32, 32, 3))
     write_cifar10(tmp_path, xtr, ytr, xte, yte)
-    train, test = benchmark_splits("cifar10", tmp_path)
+    train, _, test = benchmark_splits("cifar10", tmp_path)
     x, y = test[1]
     assert x.shape == (3, 32, 32) and y == yte[1]
     assert torch.allclose(x, torch.from_numpy(xte[1].transpose(2, 0, 1) / 255.0).float())
-    gray, _ = benchmark_splits("cifar10", tmp_path, grayscale=True)
+    gray, _, _ = benchmark_splits("cifar10", tmp_path, grayscale=True)
     assert gray.in_chans == 1 and gray[0][0].shape == (1, 32, 32)
     with pytest.raises(MedvitError, match="unknown benchmark 'svhn'"):
         benchmark_splits("svhn", tmp_path)
@@ -151,3 +151,74 @@ def test_array_dataset_normalise_and_seeded_augmentation():
     assert a.min() < 0  # normalised: (0 - 0.5) / 0.25 = -2 where padding/black
     ds.set_epoch(2)
     assert not torch.equal(ds[4][0], a)
+
+
+def test_validation_split_classes_noise_channels_and_nesting(tmp_path):
+    """The validation split is carved from the training file (class-balanced, disjoint from every
+    training subset), noise is fixed per seed on the whole file (a sample keeps its noisy label in
+    every nested subset), test labels stay clean; two-class subsets are relabelled 0/1."""
+    (xtr, ytr), (xte, yte) = fake(200, (28, 28)), fake(30, (28, 28))
+    write_mnist(tmp_path, xtr, ytr, xte, yte, gz=True)
+    small, val, test = benchmark_splits("mnist", tmp_path, noise=0.2, seed=3, train_size=40, val_size=0.1)
+    big, val2, _ = benchmark_splits("mnist", tmp_path, noise=0.2, seed=3, train_size=120, val_size=0.1)
+    val_clean = ytr[[int(i.rsplit("-", 1)[1]) for i in val.ids]]
+    assert len(val) == 20 and np.bincount(val_clean, minlength=10).tolist() == [2] * 10
+    assert val.ids == val2.ids and not set(val.ids) & set(big.ids)
+    assert set(small.ids) <= set(big.ids)  # nested
+    noisy_big = dict(zip(big.ids, big.labels))
+    assert all(noisy_big[i] == lab for i, lab in zip(small.ids, small.labels))  # same noisy label in both
+    assert np.array_equal(test.labels, yte)
+    pair, _, pair_test = benchmark_splits("mnist", tmp_path, classes=[5, 8], channels=3, val_size=4)
+    originals = ytr[[int(i.rsplit("-", 1)[1]) for i in pair.ids]]
+    assert set(originals) == {5, 8} and np.array_equal(pair.labels, (originals == 8).astype(int))
+    assert pair.num_classes == 2 and pair.in_chans == 3 and pair[0][0].shape == (3, 32, 32)
+    assert torch.equal(pair[0][0][0], pair[0][0][2]) and set(pair_test.labels) == {0, 1}
+    with pytest.raises(MedvitError, match="data.classes"):
+        benchmark_splits("mnist", tmp_path, classes=[5])
+
+
+def test_batches_by_index_equal_items(tmp_path):
+    """The batch-by-index path (what the trainer's DataLoader uses) returns exactly the items."""
+    from torch.utils.data import DataLoader
+
+    images, labels = fake(9, (28, 28))
+    ds = ArrayDataset(images, labels, 32, normalize=(0.5, 0.25))
+    loader = DataLoader(ds, batch_sampler=[[4, 0, 7], [1]], collate_fn=ds.collate_fn)
+    (x, y), (x2, y2) = list(loader)
+    assert torch.equal(x, torch.stack([ds[i][0] for i in (4, 0, 7)])) and y.tolist() == labels[[4, 0, 7]].tolist()
+    assert x2.shape == (1, 1, 32, 32) and y.dtype == torch.int64
+
+
+def _full_size_mnist_labels(path, n=10000):
+    data = np.array([2049, n], dtype=">u4").tobytes() + (np.arange(n) % 10).astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data))
+
+
+def test_full_size_files_are_checked_against_published_md5(tmp_path):
+    """A full-size file (10000 test labels) is checked against data_manifests/mnist.yaml: this one
+    is not the published file, so the error names the file, the md5 expected and the one found."""
+    write_mnist(tmp_path, *fake(3, (28, 28)), *fake(1, (28, 28)), gz=True)
+    _full_size_mnist_labels(tmp_path / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(MedvitError, match=r"t10k-labels-idx1-ubyte.gz: corrupt mnist file: md5 of its content is "
+                                          r"[0-9a-f]{32}, the published value is 27ae3e4e09519cfbb04c329615203637"):
+        load_mnist(tmp_path, train=False)
+
+
+def test_truncated_gzip_and_cifar_batch_name_the_file(tmp_path):
+    write_mnist(tmp_path / "m", *fake(3, (28, 28)), *fake(1, (28, 28)), gz=True)
+    gz = tmp_path / "m" / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:-12])
+    with pytest.raises(MedvitError, match="train-images-idx3-ubyte.gz: cannot read .*complete gzip"):
+        load_mnist(tmp_path / "m", train=True)
+    write_cifar10(tmp_path / "c", *fake(10, (32, 32, 3)), *fake(2, (32, 32, 3)))
+    batch = tmp_path / "c" / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(batch.read_bytes()[:500])
+    with pytest.raises(MedvitError, match="test_batch: not a CIFAR-10 python batch: truncated"):
+        load_cifar10(tmp_path / "c", train=False)
+
+
+def test_published_checksums_cover_every_file():
+    from medvit.data.benchmarks import published_md5
+
+    assert set(published_md5("mnist")) == {n for pair in MNIST_FILES.values() for n in pair}
+    assert set(published_md5("cifar10")) >= {f"data_batch_{i}" for i in range(1, 6)} | {"test_batch"}

@@ -116,6 +116,13 @@ def test_flat_train_error_stops(data_dir, tmp_path):
     assert summary["stop_reason"] == "train error unchanged for 2 epochs"
     assert summary["epoch"] == 3
     assert "train error unchanged" in (run / "train.log").read_text()
+    steps_per_epoch = summary["step"] // summary["epoch"]
+    late = fit(cfg_for(data_dir, "optim.lr=0", "train.epochs=20", "train.flat_epochs=2",
+                       f"train.flat_min_steps={5 * steps_per_epoch}", "train.val_every=0",
+                       "train.ckpt_min_interval=60"), tmp_path / "late")
+    assert late["stop_reason"] == "train error unchanged for 2 epochs" and late["epoch"] == 5  # not before step 5 epochs
+    assert not (tmp_path / "late" / "checkpoints" / "best.pt").exists()  # never validated
+    assert "val_loss" not in (tmp_path / "late" / "train.log").read_text()
 
 
 def test_max_wall_stops(data_dir, tmp_path):

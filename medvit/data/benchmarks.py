@@ -5,7 +5,9 @@ The readers are a few lines of numpy so that no torchvision (and no network acce
 """
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -26,6 +28,32 @@ MNIST_FILES = {  # split -> (images, labels)
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IDX_MAGIC = {1: 2049, 3: 2051}  # unsigned-byte IDX: 0x0000 08 <ndim>
+MANIFESTS = Path(__file__).resolve().parents[2] / "data_manifests"
+FULL_SIZES = {"mnist": {True: 60000, False: 10000}, "cifar10": 10000}  # items per published file
+
+
+@functools.lru_cache(maxsize=None)
+def published_md5(dataset: str) -> dict[str, str]:
+    """file name -> md5 of its (uncompressed) content, from data_manifests/<dataset>.yaml."""
+    import yaml
+
+    path = MANIFESTS / f"{dataset}.yaml"
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return {f["name"]: f["md5"] for f in data.get("files", [])}
+
+
+def verify_md5(path: Path, raw: bytes, dataset: str, name: str) -> None:
+    """Fail naming the file, the published md5 and the one found. Called for full-size files only:
+    the tiny files tests write in the same formats have no published checksum."""
+    expected = published_md5(dataset).get(name)
+    if expected is None:
+        return
+    found = hashlib.md5(raw).hexdigest()
+    if found != expected:
+        raise MedvitError(f"{path}: corrupt {dataset} file: md5 of its content is {found}, the published "
+                          f"value is {expected} (data_manifests/{dataset}.yaml); download it again")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -46,21 +74,30 @@ def _cifar_dir(root: str | Path) -> Path:
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")  # the official format is a pickle; read trusted files only
-        data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[b"labels"], dtype=np.int64)
+        raw = path.read_bytes()
     except FileNotFoundError as e:
         raise MedvitError(f"{path}: CIFAR-10 batch file missing") from e
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
+    try:
+        d = pickle.loads(raw, encoding="bytes")  # the official format is a pickle; read trusted files only
+        data = np.asarray(d[b"data"], dtype=np.uint8)
+        labels = np.asarray(d[b"labels"], dtype=np.int64)
+    except (EOFError, pickle.UnpicklingError) as e:
+        if isinstance(e, pickle.UnpicklingError) and "truncated" not in str(e):
+            raise MedvitError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from e
+        raise MedvitError(f"{path}: not a CIFAR-10 python batch: truncated (the pickle ends after {len(raw)} bytes; "
+                          "a published batch is a complete pickle of 10000 images); download it again") from e
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         raise MedvitError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from e
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise MedvitError(f"{path}: expected data N×3072 and N labels, got {data.shape} and {len(labels)}")
+    if len(data) == FULL_SIZES["cifar10"]:
+        verify_md5(path, raw, "cifar10", path.name)
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
 def load_cifar10(root: str | Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 32, 32, 3) uint8 images and int64 labels; `root` holds cifar-10-batches-py/ or is it."""
+    """(N, 32, 32, 3) uint8 images and int64 labels; `root` holds cifar-10-batches-py/ or is it.
+    Full-size batches are checked against the published md5s (data_manifests/cifar10.yaml)."""
     d = _cifar_dir(root)
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     parts = [_read_cifar_batch(d / n) for n in names]
@@ -107,8 +144,9 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
-        raise MedvitError(f"{path}: cannot read ({e})") from e
+    except (OSError, EOFError) as e:  # gzip raises EOFError on a truncated archive
+        raise MedvitError(f"{path}: cannot read ({type(e).__name__}: {e}); a complete gzip/IDX file was "
+                          "expected; download it again") from e
     header = 4 * (1 + ndim)
     if len(raw) < header:
         raise MedvitError(f"{path}: too short for an IDX header")
@@ -117,7 +155,10 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
         raise MedvitError(f"{path}: bad IDX magic number {magic} (expected {IDX_MAGIC[ndim]} for a "
                           f"{ndim}-D unsigned-byte array); is this the right MNIST file?")
     if len(raw) - header != int(np.prod(dims)):
-        raise MedvitError(f"{path}: header says {dims} ({int(np.prod(dims))} bytes), file holds {len(raw) - header}")
+        raise MedvitError(f"{path}: truncated or padded IDX file: header says {dims} ({int(np.prod(dims))} "
+                          f"bytes of data), file holds {len(raw) - header}; download it again")
+    if dims[0] in FULL_SIZES["mnist"].values():
+        verify_md5(path, raw, "mnist", path.name.removesuffix(".gz"))
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -155,11 +196,15 @@ class ArrayDataset(Dataset):
     """uint8 images (N, H, W) or (N, H, W, C) -> ((C, S, S) float tensor in [0, 1], label).
 
     `normalize=(mean, std)` (per channel or scalar) is applied after the optional augmentation.
+    Without a transform every item is a pure function of its index, so the images are resized
+    once into one (N, C, S, S) tensor and batches are fetched by index (`__getitems__` with
+    `collate_fn`): no per-item Python work, which would otherwise dominate a tiny seed model's
+    step. `channels=3` repeats a grey image into three channels.
     """
 
     def __init__(self, images: np.ndarray, labels, image_size: int = 32, ids: list[str] | None = None,
                  num_classes: int | None = None, normalize: tuple | None = None, transform=None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, channels: int | None = None) -> None:
         if images.ndim not in (3, 4) or len(images) != len(labels):
             raise MedvitError(f"ArrayDataset: need (N,H,W[,C]) images and N labels, got {images.shape}, {len(labels)}")
         self.images = images
@@ -167,11 +212,18 @@ class ArrayDataset(Dataset):
         self.image_size = int(image_size)
         self.ids = list(ids) if ids is not None else [str(i) for i in range(len(images))]
         self.num_classes = int(num_classes if num_classes is not None else self.labels.max() + 1)
-        self.in_chans = 1 if images.ndim == 3 else int(images.shape[3])
+        own = 1 if images.ndim == 3 else int(images.shape[3])
+        self.repeat = 1
+        if channels not in (None, own):
+            if own != 1 or channels != 3:
+                raise MedvitError(f"ArrayDataset: cannot make {channels} channels from {own}")
+            self.repeat = 3
+        self.in_chans = own * self.repeat
         self.normalize = None if normalize is None else tuple(np.asarray(v, dtype=np.float32) for v in normalize)
         self.transform = transform
         self.seed = int(seed)
         self.epoch = 0
+        self._batched = None  # (N, C, S, S) float tensor, built on first batched access
 
     def __len__(self) -> int:
         return len(self.images)
@@ -184,7 +236,42 @@ class ArrayDataset(Dataset):
         image = apply_transform(self.transform, image, item_seed(self.seed, self.epoch, index))
         if self.normalize is not None:
             image = (image - self.normalize[0]) / self.normalize[1]
-        return to_tensor(image), int(self.labels[index])
+        tensor = to_tensor(image)
+        return (tensor.repeat(self.repeat, 1, 1) if self.repeat > 1 else tensor), int(self.labels[index])
+
+    def as_tensor(self) -> torch.Tensor:
+        """Every item's image stacked, (N, C, S, S); the items are exactly __getitem__'s."""
+        if self._batched is None:
+            if self.transform is not None:
+                raise MedvitError("ArrayDataset.as_tensor: items are augmented (random per epoch)")
+            self._batched = torch.stack([self[i][0] for i in range(len(self))]) if len(self) else \
+                torch.zeros(0, self.in_chans, self.image_size, self.image_size)
+        return self._batched
+
+    def __getitems__(self, indices: list[int]):
+        """A whole batch by index (torch's DataLoader calls this instead of __getitem__)."""
+        if self.transform is not None:
+            return [self[i] for i in indices]
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return BatchedItems(self.as_tensor()[idx], torch.from_numpy(self.labels[np.asarray(indices, dtype=np.int64)]))
+
+    @staticmethod
+    def collate_fn(items):
+        """Pass a batch from __getitems__ through; per-item lists (augmented) get the default collate."""
+        if isinstance(items, BatchedItems):
+            return items.images, items.labels
+        from torch.utils.data import default_collate
+
+        return default_collate(items)
+
+
+class BatchedItems:
+    """A batch fetched by index: (B, C, S, S) images and (B,) labels."""
+
+    __slots__ = ("images", "labels")
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
 
 
 def label_noise(labels, fraction: float, num_classes: int, seed: int) -> np.ndarray:
@@ -229,33 +316,78 @@ def _to_gray(images: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(images.reshape(n * h, w, 3), cv2.COLOR_RGB2GRAY).reshape(n, h, w)
 
 
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, root: str, train: bool, stamp: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The decoded files, kept per process: a sweep worker runs many runs on the same files.
+    `stamp` (sizes and mtimes) makes a changed file miss the cache. Arrays are read-only."""
+    x, y = {"cifar10": load_cifar10, "mnist": load_mnist}[name](root, train)
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
+
+
+def _load(name: str, root: str | Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    root = Path(root)
+    dirs = [d for d in (root, root / CIFAR_DIR, root / "MNIST" / "raw", root / "raw") if d.is_dir()]
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns)
+                  for d in dirs for p in sorted(d.iterdir()) if p.is_file())
+    return _load_cached(name, str(root.resolve()), bool(train), stamp)
+
+
+def _split_sizes(n: int, val_size: float) -> int:
+    """val_size: a fraction of the training file (< 1) or a count (>= 1); 0 = no validation split."""
+    if val_size < 0:
+        raise MedvitError(f"data.val_size {val_size}: must be >= 0 (a fraction < 1 or a count)")
+    k = int(round(val_size * n)) if val_size < 1 else int(val_size)
+    if k >= n:
+        raise MedvitError(f"data.val_size {val_size}: leaves no training images out of {n}")
+    return k
+
+
 def benchmark_splits(name: str, root: str | Path, image_size: int = 32, noise: float = 0.0, seed: int = 0,
                      train_size: int | None = None, grayscale: bool = False, train_transform=None,
-                     normalize: tuple | None = None) -> tuple[ArrayDataset, ArrayDataset]:
-    """(train, test) datasets of CIFAR-10 or MNIST: an optional stratified training subset, then label
-    noise on the training labels only; ids are '<name>-<split>-<original index>'."""
-    loaders = {"cifar10": load_cifar10, "mnist": load_mnist}
-    if name not in loaders:
-        raise MedvitError(f"unknown benchmark {name!r}: valid: {', '.join(loaders)}")
-    (x_tr, y_tr), (x_te, y_te) = loaders[name](root, True), loaders[name](root, False)
-    if grayscale and x_tr.ndim == 4:
+                     normalize: tuple | None = None, val_size: float = 0.0, classes: list | None = None,
+                     channels: int | None = None) -> tuple[ArrayDataset, ArrayDataset, ArrayDataset]:
+    """(train, val, test) datasets of CIFAR-10 or MNIST; ids are '<name>-<split>-<original index>'.
+
+    In order: keep only `classes` (relabelled 0..k-1 in the order given, e.g. [5, 8]); label
+    noise on the whole training file, fixed per seed (so every subset of one seed sees the same
+    noisy labels; test labels untouched); a class-stratified validation split of `val_size` carved
+    from the training file (for picking checkpoints; the test split is for the end only); a nested,
+    class-stratified `train_size` subset of the rest (learning curves). `channels`: 1 (grey), 3
+    (grey repeated for MNIST) or None (the file's own)."""
+    if name not in ("cifar10", "mnist"):
+        raise MedvitError(f"unknown benchmark {name!r}: valid: cifar10, mnist")
+    (x_tr, y_tr), (x_te, y_te) = _load(name, root, True), _load(name, root, False)
+    if channels not in (None, 1, 3):
+        raise MedvitError(f"data.channels {channels}: valid: 1, 3 (or null for the data's own)")
+    if (grayscale or channels == 1) and x_tr.ndim == 4:
         x_tr, x_te = _to_gray(x_tr), _to_gray(x_te)
-    keep = np.arange(len(x_tr)) if train_size is None else stratified_subset(y_tr, train_size, seed)
     num_classes = 10
-    y_noisy = label_noise(y_tr[keep], noise, num_classes, seed)
-    train = ArrayDataset(x_tr[keep], y_noisy, image_size, [f"{name}-train-{i}" for i in keep],
-                         num_classes, normalize, train_transform, seed)
-    test = ArrayDataset(x_te, y_te, image_size, [f"{name}-test-{i}" for i in range(len(x_te))],
-                        num_classes, normalize, None, seed)
+    idx_tr, idx_te = np.arange(len(x_tr)), np.arange(len(x_te))
+    if classes:
+        classes = [int(c) for c in classes]
+        if len(set(classes)) != len(classes) or not all(0 <= c < 10 for c in classes) or len(classes) < 2:
+            raise MedvitError(f"data.classes {classes}: need at least two distinct classes out of 0-9")
+        remap = np.full(10, -1)
+        remap[classes] = np.arange(len(classes))
+        idx_tr, idx_te = idx_tr[np.isin(y_tr, classes)], idx_te[np.isin(y_te, classes)]
+        y_tr, y_te = remap[y_tr], remap[y_te]
+        num_classes = len(classes)
+    y_noisy = y_tr.copy()
+    y_noisy[idx_tr] = label_noise(y_tr[idx_tr], noise, num_classes, seed)
+    n_val = _split_sizes(len(idx_tr), val_size)
+    val_idx = idx_tr[stratified_subset(y_tr[idx_tr], n_val, seed + 1_000_003)] if n_val else idx_tr[:0]
+    rest = np.setdiff1d(idx_tr, val_idx)
+    keep = rest if train_size is None else rest[stratified_subset(y_tr[rest], train_size, seed)]
+
+    def make(x, y, idx, split, transform):
+        ds = ArrayDataset(x[idx], y[idx], image_size, [f"{name}-{split}-{i}" for i in idx], num_classes,
+                          normalize, transform, seed, channels if channels == 3 else None)
+        return ds
+
+    train = make(x_tr, y_noisy, keep, "train", train_transform)
     train.clean_labels = y_tr[keep]  # the labels before noise, for measuring memorisation
-    return train, test
-
-
-def benchmark_test_set(name: str, root: str | Path, image_size: int = 32) -> ArrayDataset:
-    """The benchmark's official test split (CIFAR-10 test_batch, MNIST t10k), as `benchmark_splits`
-    builds it: what `evaluate` and `compare` score for cifar10 / mnist runs."""
-    loaders = {"cifar10": load_cifar10, "mnist": load_mnist}
-    if name not in loaders:
-        raise MedvitError(f"unknown benchmark {name!r}: valid: {', '.join(loaders)}")
-    x_te, y_te = loaders[name](root, False)
-    return ArrayDataset(x_te, y_te, image_size, [f"{name}-test-{i}" for i in range(len(x_te))], 10)
+    val = make(x_tr, y_noisy, val_idx, "train", None)  # carved from the (noisy) training file
+    test = make(x_te, y_te, idx_te, "test", None)
+    return train, val, test

@@ -149,7 +149,7 @@ def test_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[(frame["split"] == "test") & (frame["status"] == "ok") & frame["label"].notna()]
 
 
-def mammo_test_set(data_dir: str | Path, image_size: int = 512, transform=None, seed: int = 0) -> MammoDataset | None:
+def mammo_test_set(data_dir: str | Path, image_size: int = DEFAULT_SIZE, transform=None, seed: int = 0) -> MammoDataset | None:
     """The test split of `ingest --test-share` as a dataset, or None when the manifest has none."""
     rows = test_rows(read_manifest(data_dir))
     return None if rows.empty else MammoDataset(data_dir, rows, image_size, transform, seed)

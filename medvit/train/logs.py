@@ -37,9 +37,10 @@ class RunLog:
 
     def epoch(self, row: dict) -> None:
         self._append("metrics_epoch.csv", EPOCH_COLUMNS, row)
-        self.info("epoch {epoch}: train_loss {train_loss:.4f} train_error {train_error:.4f} "
-                  "val_loss {val_loss:.4f} val_accuracy {val_accuracy:.4f} val_auc {auc}".format(
-                      auc=_fmt(row.get("val_auc")), **{k: v for k, v in row.items() if k != "val_auc"}))
+        val = ("" if row.get("val_loss") is None else
+               " val_loss {:.4f} val_accuracy {:.4f} val_auc {}".format(row["val_loss"], row["val_accuracy"],
+                                                                        _fmt(row.get("val_auc"))))
+        self.info("epoch {epoch}: train_loss {train_loss:.4f} train_error {train_error:.4f}".format(**row) + val)
 
     def data_ids(self, train_ids: list, val_ids: list) -> None:
         """RUN_DIR/data_ids.csv: every image id the run trained on (role train) or chose its

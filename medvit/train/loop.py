@@ -63,6 +63,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.ema = self._build_ema()
         self.c = Counters()
+        self._last_save = time.perf_counter()
         self.threshold = 0.5
         self.log = logs.RunLog(self.run_dir, enabled=self.dist.main)
         if resume:
@@ -95,7 +96,8 @@ class Trainer:
         g = torch.Generator().manual_seed(self.cfg.train.seed + self.c.epoch)
         workers = self.cfg.data.workers
         kw = dict(num_workers=workers, generator=g, pin_memory=self.device.type == "cuda",
-                  multiprocessing_context=worker_context() if workers else None)
+                  multiprocessing_context=worker_context() if workers else None,
+                  collate_fn=getattr(dataset, "collate_fn", None))  # batch-by-index datasets pass batches through
         if batch_sampler is not None:
             return DataLoader(dataset, batch_sampler=batch_sampler, **kw)
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kw)
@@ -146,6 +148,8 @@ class Trainer:
         self.log.trim(self.c.step, self.c.epoch, self.dist.rank)
 
     def _save(self, name: str) -> None:
+        if name == "last":
+            self._last_save = time.perf_counter()
         if self.dist.main:
             save_checkpoint(self._payload(), self.run_dir / "checkpoints" / f"{name}.pt")
 
@@ -237,27 +241,33 @@ class Trainer:
         from medvit.metrics import classification_metrics
 
         c = self.c
-        ids, labels, probs, val_loss = predict_loader(self, self._loader(self.data.val, batch_size=self.cfg.data.batch_size))
-        m = classification_metrics(labels, probs, loss=val_loss, n_boot=0)
+        every = self.cfg.train.val_every
+        validate = bool(every) and (c.epoch + 1) % every == 0 and len(self.data.val) > 0
         row = {
             "epoch": c.epoch, "step": c.step,
             "train_loss": c.epoch_loss / max(c.epoch_seen, 1),
             "train_error": c.epoch_errors / max(c.epoch_seen, 1),
-            "val_loss": m["loss"], "val_accuracy": m["accuracy"],
-            "val_auc": m.get("auc", m.get("auc_macro_ovr")),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "elapsed": time.perf_counter() - t0,
         }
-        if m.get("best_f1_threshold") is not None:  # the validation operating point predict uses
-            self.threshold = m["best_f1_threshold"]
+        if validate:
+            ids, labels, probs, val_loss = predict_loader(
+                self, self._loader(self.data.val, batch_size=self.cfg.data.batch_size))
+            m = classification_metrics(labels, probs, loss=val_loss, n_boot=0)
+            row.update(val_loss=m["loss"], val_accuracy=m["accuracy"], val_auc=m.get("auc", m.get("auc_macro_ovr")))
+            if m.get("best_f1_threshold") is not None:  # the validation operating point predict uses
+                self.threshold = m["best_f1_threshold"]
+        row["elapsed"] = time.perf_counter() - t0
         c.train_errors.append(c.epoch_errors)
         c.epoch, c.batch, c.epoch_loss, c.epoch_errors, c.epoch_seen = c.epoch + 1, 0, 0.0, 0, 0
         c.elapsed = row["elapsed"]
-        self._update_best(row)
+        if validate:
+            self._update_best(row)
         self.log.epoch(row)
-        self._save("last")
+        if time.perf_counter() - self._last_save >= self.cfg.train.ckpt_min_interval:
+            self._save("last")  # resume is exact from any saved epoch, so skipping some only costs redone work
         flat = self.cfg.train.flat_epochs
-        if flat and len(c.train_errors) > flat and len(set(c.train_errors[-flat - 1:])) == 1:
+        if (flat and len(c.train_errors) > flat and len(set(c.train_errors[-flat - 1:])) == 1
+                and c.step >= self.cfg.train.flat_min_steps):
             c.stop_reason = f"train error unchanged for {flat} epochs"
 
     def _update_best(self, row: dict) -> None:

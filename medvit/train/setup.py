@@ -12,9 +12,10 @@ from medvit.errors import ConfigError
 @dataclass
 class DataBundle:
     train: Any  # torch Dataset: (image (C,H,W), label) items, .labels, .ids, .num_classes, .in_chans
-    val: Any
+    val: Any  # picks checkpoints
     num_classes: int
     in_chans: int
+    test: Any = None  # scored once, at the end (CIFAR-10/MNIST test files; mammo `ingest --test-share`)
 
 
 NATIVE_SIZES = {"cifar10": 32, "mnist": 28}
@@ -83,17 +84,18 @@ def build_data(cfg: Config) -> DataBundle:
 
     d = cfg.data
     if d.kind == "mammo":
-        from medvit.data.datasets import mammo_splits
+        from medvit.data.datasets import mammo_splits, mammo_test_set
 
+        if d.train_size or d.label_noise or d.classes or d.channels:
+            raise ConfigError("data.train_size, data.label_noise, data.classes and data.channels (seed studies) "
+                              "are for cifar10/mnist; use folds for mammograms")
         train, val = mammo_splits(
             d.dir, d.fold, image_size=d.image_size,
             train_transform=build_transform(d.augment, train=True),
             val_transform=build_transform(d.augment, train=False),
             seed=cfg.train.seed,
-        )
-        if d.train_size or d.label_noise:
-            raise ConfigError("data.train_size and data.label_noise (learning curves, double descent) are for "
-                              "cifar10/mnist; use folds for mammograms")
+        )  # the test split of `ingest --test-share` (None without one): scored once, at the end
+        test = mammo_test_set(d.dir, d.image_size, build_transform(d.augment, train=False), cfg.train.seed)
     elif d.kind in ("cifar10", "mnist"):
         from medvit.data.benchmarks import benchmark_splits
 
@@ -101,13 +103,14 @@ def build_data(cfg: Config) -> DataBundle:
             raise ConfigError("data.augment (albumentations) is applied to mammograms only; "
                               "remove it for cifar10/mnist")
 
-        train, val = benchmark_splits(
+        train, val, test = benchmark_splits(
             d.kind, d.dir, image_size=d.image_size, noise=d.label_noise,
-            seed=cfg.train.seed, train_size=d.train_size or None,
+            seed=cfg.train.seed, train_size=d.train_size or None, val_size=d.val_size,
+            classes=d.classes or None, channels=d.channels,
         )
     else:
         raise ConfigError(f"data.kind {d.kind!r}: valid: cifar10, mammo, mnist")
-    return DataBundle(train, val, train.num_classes, train.in_chans)
+    return DataBundle(train, val, train.num_classes, train.in_chans, test)
 
 
 def uses_bce(cfg: Config, num_classes: int) -> bool:
