@@ -14,7 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev]'
+	# keep that torch: a newer torchvision (via timm) would otherwise "upgrade" it to a CUDA build
+	$(BIN)/pip freeze | grep -i '^torch[=@ ]' > $(VENV)/torch-constraint.txt
+	$(BIN)/pip install -q -c $(VENV)/torch-constraint.txt -e '.[dev]'
 	touch $@
 
 demo: install
