@@ -15,7 +15,7 @@ from medvit import __version__
 from medvit.errors import MedvitError
 
 # Only commands that exist are listed: no placeholders.
-COMMANDS = ["synth", "ingest", "train", "evaluate", "explain", "predict"]
+COMMANDS = ["synth", "ingest", "train", "evaluate", "explain", "predict", "analyze"]
 
 
 def _available_commands() -> list[str]:

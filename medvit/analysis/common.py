@@ -207,6 +207,9 @@ def _plain(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     if isinstance(x, np.ndarray):
+        if x.dtype == np.float32:  # shortest repr that reads back as the same float32
+            return _plain(np.vectorize(lambda v: float(str(np.float32(v))) if np.isfinite(v) else v, otypes=[object])(x)
+                          .tolist()) if x.size else []
         return _plain(x.tolist())
     if isinstance(x, (np.floating, float)):
         return None if not np.isfinite(x) else float(x)
@@ -223,4 +226,6 @@ def write_result(out: Path, run: AnalysisRun, kind: str, payload: dict) -> Path:
 
     head = {"kind": kind, "run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint),
             "backbone": run.name, "model_kind": run.kind, "data": run.source, "notes": run.notes}
-    return write_text(out / "result.json", json.dumps(_plain({**head, **payload}), indent=2) + "\n")
+    body = _plain({**head, **payload})  # one top-level key a line, arrays compact
+    text = "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in body.items()) + "\n}\n"
+    return write_text(out / "result.json", text)
