@@ -59,8 +59,9 @@ def top_columns(mu: torch.Tensor, share: float, prefix: int = 1) -> torch.Tensor
 
 def _corr(x: torch.Tensor) -> torch.Tensor:
     """(B, K, D) -> (B, K, K) Pearson correlation between the K rows of each item."""
-    x = x.double() - x.double().mean(-1, keepdim=True)
-    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    x = x.double()  # one float64 copy, centred and scaled in place (patch 8 at 512: 8 x 4.2 M entries)
+    x -= x.mean(-1, keepdim=True)
+    x /= x.norm(dim=-1, keepdim=True).clamp_min(1e-30)
     return x @ x.transpose(-2, -1)
 
 
