@@ -78,6 +78,29 @@ def test_uniform_attention_distance_is_its_analytic_value():
     assert torch.allclose(patch_distances((1, 3), (2.0, 5.0))[0], torch.tensor([0.0, 5.0, 10.0], dtype=torch.float64))
 
 
+def test_a_vit_with_zero_queries_and_keys_has_the_uniform_distance():
+    model = create_backbone("vit_test", num_classes=3, in_chans=1, img_size=28, patch_size=7).eval()
+    with torch.no_grad():
+        for blk in model.blocks:  # q = k = 0: every softmax row is uniform
+            blk.attn.qkv.weight[:64].zero_()
+            blk.attn.qkv.bias[:64].zero_()
+
+    class Images(torch.utils.data.Dataset):
+        labels, ids = np.zeros(5, dtype=np.int64), [str(i) for i in range(5)]
+
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return torch.rand(1, 28, 28), 0
+
+    run = AnalysisRun(model, "vit_test", "vit", False, Images(), Path("."), Path("."), torch.device("cpu"), {})
+    r = attention_distance(run, batch_size=2)
+    analytic = float(patch_distances((4, 4), (7.0, 7.0)).mean())  # mean centre distance over all patch pairs
+    assert np.allclose(r["distance"], analytic) and r["distance"].shape == (2, 2)
+    assert r["uniform_distance"] == pytest.approx(analytic) and np.allclose(r["cls_share"], 1 / 17)
+
+
 # -------------------------------------------------------------------------- tiny runs
 
 
