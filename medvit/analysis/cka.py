@@ -146,6 +146,10 @@ def plot_cka(result: dict, path: Path, title: str, xlabel: str, ylabel: str) -> 
     im = ax.imshow(m, origin="lower", cmap="magma", vmin=0, vmax=1, aspect="auto")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="CKA")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if m.size <= 144:  # small matrices: the value in each cell
+        for (y, x), v in np.ndenumerate(m):
+            ax.text(x, y, "n/a" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if np.isfinite(v) and v > 0.6 else "white")
     for axis, names in ((ax.xaxis, result["other_layers"]), (ax.yaxis, result["layers"])):
         step = max(1, len(names) // 12)
         axis.set_ticks(range(0, len(names), step))
