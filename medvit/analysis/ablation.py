@@ -159,20 +159,26 @@ def ablation(run: AnalysisRun, p_values=P_VALUES, n_values=N_VALUES, seeds: int 
     conditions = [(p, n, mode, s) for n in n_values for p in p_values
                   for mode, s in [("top", 0)] + [("random", s) for s in range(seeds)]]
     gens = {c: torch.Generator().manual_seed(1000 * c[3] + 7) for c in conditions if c[2] == "random"}
-    logits: dict = {c: [] for c in conditions}
-    clean_logits, labels = [], []
-    for images, y in batches(run, batch_size, f"ablation {run.name}"):
+    # one preallocated (images, outputs) tensor per condition, filled batch by batch: appending
+    # thousands of small per-batch tensors fragmented the heap (9.6 GB peak RSS on MNIST's 10k)
+    total = len(run.dataset)
+    logits: dict = {}
+    y = torch.empty(total, dtype=torch.long)
+    start = 0
+    for images, labels in batches(run, batch_size, f"ablation {run.name}"):
+        rows = slice(start, start + len(images))
         base, scores = units.clean(images, last)
-        clean_logits.append(base)
-        labels.append(y)
+        if not logits:
+            logits = {c: torch.empty(total, base.shape[1]) for c in [None, *conditions]}
+        logits[None][rows], y[rows] = base, labels
         for c in conditions:
             p, n, mode, _ = c
             drops = {i: drop_mask(scores[i], n_drop(p, units.units[i]), mode, gens.get(c))
                      for i in units.layers[-n:]}
-            logits[c].append(units.ablated(images, drops))
-    y = torch.cat(labels)
-    a0 = score(torch.cat(clean_logits), y, run.binary)
-    acc = {c: score(torch.cat(v), y, run.binary) for c, v in logits.items()}
+            logits[c][rows] = units.ablated(images, drops)
+        start += len(images)
+    a0 = score(logits[None], y, run.binary)
+    acc = {c: score(logits[c], y, run.binary) for c in conditions}
     rows = []
     for n in n_values:
         for p in p_values:
