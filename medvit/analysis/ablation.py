@@ -236,7 +236,7 @@ def plot_ablation(results: dict[str, dict], path: Path) -> Path:
                     color=f"C{n - 1}", label=f"top-p, last {n}")
             ax.plot([100 * p for p in ps], [r["A0"]] + [rows[p]["Ar"] for p in r["p_values"]], "--",
                     color=f"C{n - 1}", label=f"random, last {n}")
-        ax.set(xlabel="p: share of units dropped (%)", ylabel=r["metric"], title=f"{name} ({r['unit']})")
+        ax.set(xlabel="p: share of units dropped (%)", ylabel=r["metric"], title=f"{name}\n{r['unit']}", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
