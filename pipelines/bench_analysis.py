@@ -88,9 +88,12 @@ def speed(args) -> None:
     for backbone, patch in ((args.backbone, args.patch), (args.cnn, None)):
         run = make_run(backbone, patch, args.image_size, args.images, args.device)
         plain_forward(run, bs)  # warm-up
-        base = timed(lambda: plain_forward(run, bs)) / args.images
+
+        def forward() -> float:  # best of two, measured again next to each analysis (shared CPUs drift)
+            return min(timed(lambda: plain_forward(run, bs)) for _ in range(2)) / args.images
+
         print(f"\n{backbone}{f' patch {patch}' if patch else ''} at {args.image_size}px, {args.images} images, "
-              f"batch {bs}, {run.device}: plain forward {1000 * base:.2f} ms/image")
+              f"batch {bs}, {run.device}: plain forward {1000 * forward():.2f} ms/image")
         jobs = {"cka (all layer pairs)": lambda: layer_cka(run, None, max(bs, 4)),
                 "ablation (4 p x 3 n x (top + 3 random) = 48 ablated passes + 1)":
                     lambda: abl.ablation(run, batch_size=bs)}
@@ -99,8 +102,9 @@ def speed(args) -> None:
                     "mean attention distance": lambda: attention_distance(run, bs),
                     "sparsity": lambda: attention_sparsity(run, bs), **jobs}
         for name, job in jobs.items():
+            base = forward()
             t = timed(job) / args.images
-            print(f"  {name:<70} {1000 * t:9.2f} ms/image  {t / base:7.1f}x forward")
+            print(f"  {name:<70} {1000 * t:9.2f} ms/image  {t / base:7.1f}x forward ({1000 * base:.1f} ms beside it)")
 
 
 def memory_probe(patch: int, device: str) -> dict:
