@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "between all layers, minibatch unbiased HSIC; seed 001; with --other RUN2: across two "
                     "models, written to RUN_DIR/analysis/cka_vs_<RUN2 folder name>/), distance (mean "
                     "attention distance per head in input pixels; --other RUN2 adds a second ViT), "
-                    "sparsity (mu, nu = -log10 mu, top-5%% columns, head/layer correlations; seed 004), "
+                    "sparsity (mu, nu = -log10 mu, top-5% columns, head/layer correlations; seed 004), "
                     "ablation (top-p vs random units of the last n layers, A0, At, Ar, psi; seed 004; "
                     "--other RUN2 puts a second model, e.g. the CNN, beside it). Binary models are scored "
                     "by AUC instead of accuracy.")
