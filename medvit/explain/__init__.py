@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from medvit.errors import ConfigError, suggest
-from medvit.explain.attention import attention_maps, attention_rollout, cls_attention, grid_size
+from medvit.explain.attention import (attention_maps, attention_rollout, cls_attention, grid_size, head_attention,
+                                      qkv_hooks, stream_attention)
 from medvit.explain.gradcam import captured_output, gradcam, unit_range
 from medvit.explain.overlay import save_overlay, save_panel
 from medvit.explain.pointing import lesion_mask_in_model_space, pointing_game
@@ -23,6 +24,7 @@ VIT_METHODS = ("attention", "rollout")
 
 __all__ = [
     "METHODS", "attention_maps", "attention_rollout", "class_mean_maps", "cls_attention", "explain",
+    "head_attention", "qkv_hooks", "stream_attention",
     "gradcam", "grid_size", "lesion_mask_in_model_space", "pointing_game", "pointing_on_frame", "captured_output",
     "resolve_method", "save_overlay", "save_panel",
 ]

@@ -8,13 +8,19 @@ matmul); fused attention stays on and the hooks are removed in a `finally`. The 
 a head-fused matrix or every head), so a patch-8 ViT at 512 px (4097 tokens) does not hold six
 layers of 8 × 4097 × 4097 matrices unless `attention_maps` is asked for them.
 
+`stream_attention(model, images, fn)` is the one per-block streaming API: it calls fn(layer,
+attn, qkv) as each block runs, so a caller (explain, `medvit.analysis`) keeps only what it
+reduces from one block before the next; `head_attention` yields one head's (B, N, N) map at a
+time. `qkv_hooks` is the hook mechanism under both, and lets a caller replace a block's qkv
+output (the ablation in `medvit.analysis.ablation` zeroes value rows that way).
+
 Attention masks (`attn_mask`, `is_causal`) are not used by timm's classification ViTs and are
 ignored here.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -68,23 +74,50 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(training)
 
 
-def _run_with_attention_hooks(model: nn.Module, images: torch.Tensor,
-                              fn: Callable[[int, nn.Module, torch.Tensor], None]) -> None:
-    """Forward `images` (no grad, eval mode) calling fn(layer, attn, qkv) with each block's qkv
-    projection (B, N, 3·C). Hooks are always removed, also when the forward raises."""
+@contextlib.contextmanager
+def qkv_hooks(model: nn.Module, fn: Callable[[int, nn.Module, torch.Tensor], torch.Tensor | None],
+              layers: Sequence[int] | None = None) -> Iterator[None]:
+    """Forward hooks on `blocks[i].attn.qkv` (all blocks, or `layers`) calling fn(i, attn, qkv)
+    with the projection (B, N, 3·C); a tensor fn returns replaces the block's qkv. The hooks are
+    removed on exit, also when the body raises."""
     _check_vit(model)
+    wanted = range(len(model.blocks)) if layers is None else layers
     handles = []
     try:
-        for i, blk in enumerate(model.blocks):
-            def hook(module, args, output, i=i, attn=blk.attn):
-                fn(i, attn, output)
-            handles.append(blk.attn.qkv.register_forward_hook(hook))
-        device = next(model.parameters()).device
-        with torch.no_grad(), _eval_mode(model):
-            model(images.to(device))
+        for i in wanted:
+            attn = model.blocks[i].attn
+
+            def hook(module, args, output, i=i, attn=attn):
+                return fn(i, attn, output)
+            handles.append(attn.qkv.register_forward_hook(hook))
+        yield
     finally:
         for h in handles:
             h.remove()
+
+
+def stream_attention(model: nn.Module, images: torch.Tensor,
+                     fn: Callable[[int, nn.Module, torch.Tensor], None],
+                     layers: Sequence[int] | None = None) -> torch.Tensor:
+    """Forward `images` (no grad, eval mode) calling fn(layer, attn, qkv) with each block's qkv
+    projection (B, N, 3·C) as the block runs (one block at a time; nothing is kept unless fn
+    keeps it). Returns the logits. Hooks are always removed, also when the forward raises."""
+    def observe(i: int, attn: nn.Module, qkv: torch.Tensor) -> None:
+        fn(i, attn, qkv)  # returns nothing: the block's qkv is left as it is
+
+    device = next(model.parameters()).device
+    with qkv_hooks(model, observe, layers), torch.no_grad(), _eval_mode(model):
+        return model(images.to(device))
+
+
+_run_with_attention_hooks = stream_attention  # the name explain's callers used
+
+
+def head_attention(attn: nn.Module, qkv: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """(h, softmax(q_h k_hᵀ · scale)) for each head h, one (B, N, N) float32 map at a time."""
+    q, k, _ = _split_qkv(attn, qkv)
+    for h in range(q.shape[1]):
+        yield h, ((q[:, h] * attn.scale) @ k[:, h].transpose(-2, -1)).float().softmax(dim=-1)
 
 
 def attention_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -119,11 +152,9 @@ def cls_attention(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 def _fused_attention(attn: nn.Module, qkv: torch.Tensor, head_fusion: str) -> torch.Tensor:
     """(B, N, N): the heads' softmax(q kᵀ · scale) fused by mean / max / min, one head at a time
     (a (B, N, N) block stays in cache; reducing a (B, H, N, N) tensor over H was 3x slower here)."""
-    q, k, _ = _split_qkv(attn, qkv)
-    heads = q.shape[1]
-    out = None
-    for h in range(heads):
-        a = ((q[:, h] * attn.scale) @ k[:, h].transpose(-2, -1)).float().softmax(dim=-1)
+    out, heads = None, 0
+    for h, a in head_attention(attn, qkv):
+        heads += 1
         if out is None:
             out = a
         elif head_fusion == "mean":
