@@ -46,7 +46,7 @@ from medvit.io import write_text
 from medvit.manifest import (  # noqa: F401 (re-exported: medvit.ingest.* is the public face)
     DICOM_SUFFIXES, INFO_COLUMNS, JOURNAL_NAME, MANIFEST_COLUMNS, RETRIED_REASONS, Journal,
     assign_folds, assign_image_ids, assign_test_split, build_rows, image_stem, labels_without_file, load_labels,
-    read_journal, reusable, write_csv,
+    read_journal, read_manifest, reusable, write_csv,
 )
 from medvit.privacy import PatientIds, patient_ids
 
@@ -76,8 +76,6 @@ def ingest_size(data_dir: str | Path | None) -> int:
     (the `--size` default) when unknown. The manifest is read by the one reader, `read_manifest`."""
     if not data_dir or not (Path(data_dir) / "manifest.csv").is_file():
         return DEFAULT_SIZE
-    from medvit.data.datasets import read_manifest
-
     try:
         settings = read_manifest(data_dir, columns=["settings"])["settings"]
     except MedvitError:

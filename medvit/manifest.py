@@ -17,11 +17,13 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from medvit.errors import ConfigError
+from medvit.errors import ConfigError, MedvitError
 from medvit.io import write_text
 from medvit.privacy import folder_id
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from medvit.privacy import PatientIds
 
 JOURNAL_NAME = ".ingest-journal.jsonl"
@@ -161,6 +163,40 @@ def _modality_decision_changed(record: dict, task: dict) -> bool:
         return True
     modality = (record.get("info") or {}).get("modality", "")
     return record.get("status") == "ok" and modality not in ("", "MG")
+
+
+# ----------------------------------------------------------------------------- reading
+
+MANIFEST = "manifest.csv"
+REQUIRED_COLUMNS = ("image_id", "patient_id", "label", "fold", "status", "cache")
+
+
+def read_manifest(data_dir: str | Path, columns: list[str] | None = None) -> "pd.DataFrame":
+    """The ingest manifest, ids kept as strings, label as float (NaN = unlabelled), fold as int.
+    The one reader of manifest.csv; `columns` reads only those (e.g. `ingest_size`'s settings)."""
+    import pandas as pd
+
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise MedvitError(f"{path}: manifest not found; run `medvit ingest` to create DATA_DIR first")
+    try:
+        frame = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "cache": str, "settings": str},
+                            usecols=(lambda c: c in columns) if columns else None)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise MedvitError(f"{path}: not a readable CSV ({e})") from e
+    missing = [c for c in (columns or REQUIRED_COLUMNS) if c not in frame.columns]
+    if missing:
+        raise MedvitError(f"{path}: manifest lacks column(s) {', '.join(missing)}; re-run `medvit ingest`")
+    if columns:
+        return frame
+    # `split` (ingest --test-share): train | test | "" ; manifests from before it have no test split
+    frame["split"] = frame["split"].fillna("").astype(str) if "split" in frame.columns else ""
+    try:
+        frame["label"] = pd.to_numeric(frame["label"]).astype(float)
+        frame["fold"] = pd.to_numeric(frame["fold"].fillna(-1)).astype(int)
+    except (ValueError, TypeError) as e:
+        raise MedvitError(f"{path}: label/fold columns must be numbers ({e})") from e
+    return frame
 
 
 # ----------------------------------------------------------------------------- rows

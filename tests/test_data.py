@@ -1,6 +1,9 @@
 """Manifest reading, fold splits, the mammography dataset and the augmentation pipeline."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -184,10 +187,18 @@ def test_helpers_live_where_a_newcomer_looks(tmp_path, monkeypatch):
     data = make_manifest(tmp_path / "d", 24, n_patients=2)
     frame = pd.read_csv(data / "manifest.csv")
     frame.assign(settings="size=24;v=4").to_csv(data / "manifest.csv", index=False)
+    import medvit.ingest
+    import medvit.manifest
+
+    assert datasets.read_manifest is medvit.manifest.read_manifest  # the one reader, beside the writer
     calls = []
-    real = datasets.read_manifest
-    monkeypatch.setattr(datasets, "read_manifest", lambda *a, **k: calls.append(a) or real(*a, **k))
-    assert ingest_size(data) == 24 and calls  # the one reader
+    real = medvit.manifest.read_manifest
+    monkeypatch.setattr(medvit.ingest, "read_manifest", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert ingest_size(data) == 24 and calls
+    # reading the ingest size costs no torch import (predict and train call it before any model)
+    code = ("import sys, medvit.ingest as i; assert i.ingest_size(sys.argv[1]) == 24; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code, str(data)], check=True)
     assert ingest_size(tmp_path / "nowhere") == DEFAULT_SIZE == 512
     for fn in (preprocess, create_backbone, datasets.MammoDataset.__init__, datasets.mammo_splits):
         params = inspect.signature(fn).parameters

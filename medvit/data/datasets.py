@@ -17,9 +17,8 @@ from torch.utils.data import Dataset
 from medvit.data.transforms import apply_transform, item_seed
 from medvit.dicom import DEFAULT_SIZE
 from medvit.errors import MedvitError
+from medvit.manifest import MANIFEST, read_manifest  # noqa: F401 (the one reader lives beside the writer)
 
-MANIFEST = "manifest.csv"
-REQUIRED_COLUMNS = ("image_id", "patient_id", "label", "fold", "status", "cache")
 
 
 def unit_float(image: np.ndarray) -> np.ndarray:
@@ -28,34 +27,6 @@ def unit_float(image: np.ndarray) -> np.ndarray:
     if np.issubdtype(image.dtype, np.integer):
         return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
     return np.clip(image.astype(np.float32), 0.0, 1.0)
-
-
-def read_manifest(data_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """The ingest manifest, ids kept as strings, label as float (NaN = unlabelled), fold as int.
-    The one reader of manifest.csv; `columns` reads only those (e.g. `ingest_size`'s settings)."""
-    path = Path(data_dir) / MANIFEST
-    if not path.is_file():
-        raise MedvitError(f"{path}: manifest not found; run `medvit ingest` to create DATA_DIR first")
-    try:
-        frame = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "cache": str, "settings": str},
-                            usecols=(lambda c: c in columns) if columns else None)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise MedvitError(f"{path}: not a readable CSV ({e})") from e
-    missing = [c for c in (columns or REQUIRED_COLUMNS) if c not in frame.columns]
-    if columns:
-        if missing:
-            raise MedvitError(f"{path}: manifest lacks column(s) {', '.join(missing)}; re-run `medvit ingest`")
-        return frame
-    if missing:
-        raise MedvitError(f"{path}: manifest lacks column(s) {', '.join(missing)}; re-run `medvit ingest`")
-    # `split` (ingest --test-share): train | test | "" ; manifests from before it have no test split
-    frame["split"] = frame["split"].fillna("").astype(str) if "split" in frame.columns else ""
-    try:
-        frame["label"] = pd.to_numeric(frame["label"]).astype(float)
-        frame["fold"] = pd.to_numeric(frame["fold"].fillna(-1)).astype(int)
-    except (ValueError, TypeError) as e:
-        raise MedvitError(f"{path}: label/fold columns must be numbers ({e})") from e
-    return frame
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
