@@ -6,6 +6,8 @@ position, RNG and counters, so an interrupted run ends exactly where an uninterr
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 import time
 from dataclasses import dataclass, field
@@ -209,33 +211,33 @@ class Trainer:
         self.model.train()
         loader = self._loader(self.data.train, batch_sampler=batches)
         # a bar on a terminal; off one nothing here: the log's line per epoch is the progress
-        bar = progress_bar(total=len(self.sampler), desc=f"epoch {c.epoch}", unit="batch", initial=c.batch,
-                           enabled=None if self.dist.main else False, every=0, leave=False)
-        tick, n_tick = time.perf_counter(), 0
-        for batch, (images, labels) in zip(batches, loader):
-            out = train_step(self, images, labels)
-            bar.update(1)
-            # this step over all ranks, so every rank holds (and checkpoints) the same counters
-            loss_sum, errors, n, wall = all_sum(
-                self.dist, [out["loss"] * out["n"], out["errors"], out["n"], self._wall_hit(t0)], self.device)
-            c.batch, c.step = c.batch + 1, c.step + 1
-            c.epoch_loss += loss_sum
-            c.epoch_errors += int(errors)
-            c.epoch_seen += int(n)
-            n_tick += int(n)
-            if self.cfg.train.sample_log:
-                self.log.samples(self.dist.rank, c.epoch, c.step, [self.data.train.ids[i] for i in batch])
-            if c.step % self.cfg.train.log_every == 0:
-                rate = n_tick / max(time.perf_counter() - tick, 1e-9)
-                self.log.step(c.step, c.epoch, loss_sum / max(n, 1), self.optimizer.param_groups[0]["lr"], rate)
-                tick, n_tick = time.perf_counter(), 0
-            if self.cfg.train.ckpt_every and c.step % self.cfg.train.ckpt_every == 0:
-                c.elapsed = time.perf_counter() - t0
-                self._save("last")
-            c.stop_reason = self._limit_reason(t0, wall > 0) if c.batch < len(self.sampler) else ""
-            if c.stop_reason:
-                break
-        bar.close()
+        with contextlib.closing(progress_bar(total=len(self.sampler), desc=f"epoch {c.epoch}", unit="batch",
+                                            initial=c.batch, enabled=None if self.dist.main else False,
+                                            every=0, leave=False)) as bar:  # closed on errors too
+            tick, n_tick = time.perf_counter(), 0
+            for batch, (images, labels) in zip(batches, loader):
+                out = train_step(self, images, labels)
+                bar.update(1)
+                # this step over all ranks, so every rank holds (and checkpoints) the same counters
+                loss_sum, errors, n, wall = all_sum(
+                    self.dist, [out["loss"] * out["n"], out["errors"], out["n"], self._wall_hit(t0)], self.device)
+                c.batch, c.step = c.batch + 1, c.step + 1
+                c.epoch_loss += loss_sum
+                c.epoch_errors += int(errors)
+                c.epoch_seen += int(n)
+                n_tick += int(n)
+                if self.cfg.train.sample_log:
+                    self.log.samples(self.dist.rank, c.epoch, c.step, [self.data.train.ids[i] for i in batch])
+                if c.step % self.cfg.train.log_every == 0:
+                    rate = n_tick / max(time.perf_counter() - tick, 1e-9)
+                    self.log.step(c.step, c.epoch, loss_sum / max(n, 1), self.optimizer.param_groups[0]["lr"], rate)
+                    tick, n_tick = time.perf_counter(), 0
+                if self.cfg.train.ckpt_every and c.step % self.cfg.train.ckpt_every == 0:
+                    c.elapsed = time.perf_counter() - t0
+                    self._save("last")
+                c.stop_reason = self._limit_reason(t0, wall > 0) if c.batch < len(self.sampler) else ""
+                if c.stop_reason:
+                    break
 
     def _end_epoch(self, t0: float) -> None:
         from medvit.metrics import classification_metrics
