@@ -39,12 +39,15 @@ VALIDATION = "validation (optimistic)"  # the fold that chose the checkpoint and
 SPLITS = ("auto", "test", "validation")
 
 
-def eval_data(cfg, fold: int | None = None, data_dir: str | Path | None = None, split: str = "auto") -> EvalData:
+def eval_data(cfg, fold: int | None = None, data_dir: str | Path | None = None, split: str = "auto",
+              run_dir: str | Path | None = None) -> EvalData:
     """The data to score. Mammography runs: the held-out test split of `ingest --test-share` when
     the run's data folder has one (split auto or test), else the run's validation fold, labelled
     "validation (optimistic)" since it chose the checkpoint and threshold; or `fold`, or every
     labelled ok image of another ingest folder (`data_dir`). CIFAR-10/MNIST runs: the test split.
-    `source["split"]` says which: "test", "validation (optimistic)", or what else was scored."""
+    `source["split"]` says which: "test", "validation (optimistic)", or what else was scored.
+    With `run_dir`, a test split holding images the run trained or selected on (its
+    `data_ids.csv`; the folder re-ingested since training) is refused."""
     from medvit.train.setup import build_data
 
     d = cfg.data
@@ -70,6 +73,7 @@ def eval_data(cfg, fold: int | None = None, data_dir: str | Path | None = None, 
     if fold is None and split != "validation":
         test = _test_images(cfg)
         if test is not None:
+            notes += unseen_check(test.ids, run_dir, Path(d.dir) / "manifest.csv")
             return EvalData(test, {"kind": d.kind, "dir": d.dir, "fold": None, "split": TEST}, notes)
         if split == "test":
             raise MedvitError(f"{Path(d.dir) / 'manifest.csv'}: no test split; re-run `medvit ingest --test-share F` "
@@ -85,6 +89,26 @@ def eval_data(cfg, fold: int | None = None, data_dir: str | Path | None = None, 
         notes.append(f"scored on validation fold {d.fold}, which chose the checkpoint and the threshold: "
                      "these numbers are optimistic (ingest with --test-share for a held-out test split)")
     return EvalData(build_data(cfg).val, {"kind": d.kind, "dir": d.dir, "fold": d.fold, "split": label}, notes)
+
+
+def unseen_check(test_ids, run_dir: str | Path | None, manifest: Path) -> list[str]:
+    """Refuse a test split that overlaps what the run trained or selected on (RUN_DIR/data_ids.csv);
+    a note when the run predates that log and the test split cannot be verified as unseen."""
+    from medvit.train.logs import DATA_IDS
+
+    if run_dir is None:
+        return []
+    log = Path(run_dir) / DATA_IDS
+    if not log.is_file():
+        return [f"{Path(run_dir).name} does not list the images it trained on ({DATA_IDS}; trained before "
+                "medvit logged them): its test split cannot be verified as unseen"]
+    seen = set(pd.read_csv(log, dtype={"image_id": str})["image_id"])
+    overlap = seen.intersection(map(str, test_ids))
+    if overlap:
+        raise MedvitError(f"{manifest}: {len(overlap)} of the test split's images were used by {run_dir} for "
+                          f"training or selection ({log}); the folder was re-ingested since the run was "
+                          "trained. Retrain on this ingest, or pass --split validation")
+    return []
 
 
 def _test_images(cfg):
@@ -254,7 +278,7 @@ def evaluate(run_dir: str | Path, *, which: str = "best", fold: int | None = Non
     if n_boot < 0:
         raise ConfigError(f"--n-boot {n_boot}: must be 0 (no CI) or more")
     run_dir, ckpt_path, ckpt, cfg = load_run(run_dir, which)
-    data = eval_data(cfg, fold, data_dir, split)
+    data = eval_data(cfg, fold, data_dir, split, run_dir)
     frame, loss = score(ckpt, cfg, data.dataset, device, batch_size, workers)
     binary = bool(ckpt.get("binary", True))
 

@@ -165,6 +165,14 @@ def _modality_decision_changed(record: dict, task: dict) -> bool:
     return record.get("status") == "ok" and modality not in ("", "MG")
 
 
+def _label_number(text: str) -> float:
+    """A label cell as a number ("1" and "1.0" are one class; "10" > "9"); text labels sort after."""
+    try:
+        return float(text)
+    except ValueError:
+        return float("inf")
+
+
 # ----------------------------------------------------------------------------- reading
 
 MANIFEST = "manifest.csv"
@@ -330,9 +338,9 @@ def assign_test_split(rows: list[dict], share: float, seed: int, log: Callable[[
         log("warning: --test-share given but no labelled, successfully ingested image: no test split")
     if share <= 0 or not idx:
         return info
-    patient_label: dict[str, str] = {}
+    patient_label: dict[str, float] = {}  # a patient's label: the highest of its images' (as numbers)
     for i in idx:
-        p, y = rows[i]["patient_id"], rows[i]["label"]
+        p, y = rows[i]["patient_id"], _label_number(rows[i]["label"])
         patient_label[p] = max(patient_label.get(p, y), y)
     patients = sorted(patient_label)
     n_test = round(share * len(patients))

@@ -2,6 +2,8 @@
 ablation edge cases, hooks released and models unchanged, and the CLI outputs."""
 from __future__ import annotations
 
+import argparse
+
 import json
 import math
 from pathlib import Path
@@ -202,6 +204,14 @@ def test_sparsity_on_a_run(runs):
 
 
 # --------------------------------------------------------------------------- ablation
+
+
+def test_p_is_read_in_percent():
+    from medvit.commands.analyze import _shares
+
+    assert _shares("1,5,30") == [0.01, 0.05, 0.3]  # "1" is 1 %, not every unit
+    with pytest.raises(argparse.ArgumentTypeError):
+        _shares("5,150")
 
 
 def test_psi_and_drop_masks_on_a_toy_case():

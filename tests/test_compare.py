@@ -97,6 +97,17 @@ def test_mcnemar_against_hand_counts():
     assert m["method"] == "chi-square with continuity correction" and m["statistic"] == pytest.approx(stat)
     assert m["p"] == pytest.approx(math.erfc(math.sqrt(stat / 2)))  # chi2(1) survival
     assert mcnemar([1, 0], [1, 0])["p"] == 1.0
+    balanced = mcnemar([1] * 15 + [0] * 15, [0] * 15 + [1] * 15)  # b = c: no evidence either way
+    assert balanced["statistic"] == 0.0 and balanced["p"] == 1.0
+
+
+def test_delong_leaves_unlabelled_items_out():
+    rng = np.random.default_rng(3)
+    y = np.array([0, 1] * 20)
+    p = np.stack([rng.random(40) + 0.3 * y, rng.random(40)])
+    with_unlabelled = delong_covariance(np.r_[y, [-1, -1]], np.c_[p, [[0.9, 0.1], [0.2, 0.8]]])
+    np.testing.assert_allclose(with_unlabelled[0], delong_covariance(y, p)[0])
+    np.testing.assert_allclose(with_unlabelled[1], delong_covariance(y, p)[1])
 
 
 def test_holm_and_wilson_against_hand_values():
@@ -223,8 +234,9 @@ def test_compare_json_has_every_required_number(synth_flow):
     assert pair["auc_diff"] == pytest.approx(res["runs"][0]["auc"] - res["runs"][1]["auc"])
     assert pair["sensitivity"]["mcnemar"]["method"]
     assert res["correction"].startswith("none")
-    assert "test split" in res["summary"] and ("not statistically significant" in res["summary"]
-                                               or "statistically significant" in res["summary"])
+    significant = pair["delong_p"] < 0.05
+    assert "test split" in res["summary"]
+    assert ("not statistically significant" in res["summary"]) == (not significant)
     # subgroups from the labels CSV and the manifest; few-positive groups are marked, not dropped
     columns = {g["column"] for g in res["subgroups"]}
     assert {"view", "laterality"} <= columns and columns & {"site_id", "machine_id", "age_band"}

@@ -152,3 +152,21 @@ def test_multiclass_run(tmp_path):
     assert_png(run / "eval" / "confusion.png")
     assert_png(run / "eval" / "training_curves.png")
     assert not (run / "eval" / "roc.png").exists()
+
+
+def test_a_test_split_drawn_after_training_is_refused(tmp_path):
+    """Re-ingesting with --test-share after training would call the run's own training images
+    "test": evaluate refuses, naming the manifest, and says how to go on."""
+    from medvit.errors import MedvitError
+
+    data = make_manifest(tmp_path / "data", SIZE, n_patients=6)
+    cfg = load_config(None, [f"data.dir={data}", f"data.image_size={SIZE}", "data.batch_size=8", "data.workers=0",
+                             "model.backbone=cnn_test", "train.epochs=1", "train.device=cpu"])
+    fit(cfg, tmp_path / "run")
+    frame = pd.read_csv(data / "manifest.csv")
+    frame["split"] = np.where(frame["patient_id"].isin(["p0", "p1"]), "test", "train")  # trained on, now "test"
+    frame.to_csv(data / "manifest.csv", index=False)
+    with pytest.raises(MedvitError, match="re-ingested since the run was trained"):
+        evaluate(tmp_path / "run", device="cpu")
+    m = evaluate(tmp_path / "run", device="cpu", split="validation")
+    assert m["split"] == "validation (optimistic)"

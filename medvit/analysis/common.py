@@ -77,7 +77,7 @@ def load_analysis_run(run_dir: str | Path, *, which: str = "best", fold: int | N
     path = resolve_checkpoint(run_dir, which) if which in ("best", "last") else Path(which)
     ckpt = load_checkpoint(path)
     cfg = config_from_dict(ckpt["config"])
-    data = eval_data(cfg, fold, data_dir)
+    data = eval_data(cfg, fold, data_dir, run_dir=run_folder(run_dir))
     dataset, source = data.dataset, dict(data.source)
     if limit is not None and 0 < limit < len(dataset):
         labels = np.asarray(dataset.labels)

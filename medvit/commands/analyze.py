@@ -8,7 +8,11 @@ KINDS = ("attention", "cka", "distance", "sparsity", "ablation")
 
 
 def _shares(text: str) -> list[float]:
-    return [float(v) / 100 if float(v) > 1 else float(v) for v in text.split(",") if v.strip()]
+    """--p in percent ("5,10,20,30" -> 0.05 ...): one unit for the whole list, so "1" is 1 %."""
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if not values or any(not 0 <= v <= 100 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: percentages between 0 and 100, e.g. 5,10,20,30")
+    return [v / 100 for v in values]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="a seeded class-stratified subset of this many images (default: all)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--p", type=_shares, default=None, metavar="P,P,...",
-                   help="ablation: shares of units dropped, in %% or as fractions (default 5,10,20,30)")
+                   help="ablation: percent of units dropped (default 5,10,20,30)")
     p.add_argument("--n", default=None, metavar="N,N,...", help="ablation: last-n layer counts (default 1,2,3)")
     p.add_argument("--seeds", type=int, default=3, help="ablation: random draws averaged for Ar (default 3)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/analysis/<KIND>)")
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if args.other:
         other = load_analysis_run(args.other, **{**common, "which": "best" if args.checkpoint not in ("best", "last")
                                                  else args.checkpoint})
-    folder = args.kind if args.kind != "cka" or other is None else f"cka_vs_{run_folder(args.other).name}"
+    folder = args.kind if args.kind != "cka" or other is None else f"cka_vs_{run_folder(args.other).resolve().name}"
     out = Path(args.out) if args.out else primary.run_dir / ANALYSIS_DIR / folder
     out.mkdir(parents=True, exist_ok=True)
     for note in primary.notes:
@@ -91,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
 
         n_values = [int(v) for v in args.n.split(",")] if args.n else list(N_VALUES)
         r = run_ablation(primary, out, other, args.p or list(P_VALUES), n_values, args.seeds, args.batch_size)
-        shown = {primary.name: r, **({other.name: r["other"]} if other else {})}
+        runs = [(primary, r)] + ([(other, r["other"])] if other else [])
+        same = other is not None and other.name == primary.name  # e.g. two ViTs: name them by folder too
+        shown = {f"{run.name} ({run.run_dir.resolve().name})" if same else run.name: res for run, res in runs}
         print(markdown_table(shown))
         if any(res["metric"] == "auc" for res in shown.values()):
             print("note: binary model(s): A0, At and Ar are AUCs, not accuracies")

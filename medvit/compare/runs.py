@@ -111,7 +111,7 @@ def score_runs(runs: list[Run], split: str = "auto", device: str = "auto", batch
 
     source, notes = None, []
     for r in runs:
-        data = eval_data(copy.deepcopy(r.cfg), split=split)
+        data = eval_data(copy.deepcopy(r.cfg), split=split, run_dir=r.run_dir)
         r.dataset = data.dataset
         r.frame, r.loss = score(r.ckpt, r.cfg, data.dataset, device, batch_size, workers)
         if source is None:

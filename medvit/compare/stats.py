@@ -31,8 +31,10 @@ def delong_covariance(y_true, probs) -> tuple[np.ndarray, np.ndarray]:
     DeLong et al. (1988), computed with Sun & Xu's (2014) midrank algorithm."""
     from scipy.stats import rankdata
 
-    y = np.asarray(y_true).reshape(-1).astype(bool)
+    y = np.asarray(y_true, dtype=np.float64).reshape(-1)
     P = np.asarray(probs, dtype=np.float64).reshape(-1, y.size)
+    labelled = y >= 0  # unlabelled items (-1, NaN) are left out, as everywhere in medvit.metrics
+    y, P = y[labelled] == 1, P[:, labelled]
     m, n = int(y.sum()), int((~y).sum())
     if m < 2 or n < 2:
         raise ValueError(f"DeLong needs at least 2 positives and 2 negatives, got {m} and {n}")
@@ -110,7 +112,7 @@ def mcnemar(correct_a, correct_b, exact: bool | None = None) -> dict[str, Any]:
     if exact or (exact is None and n < EXACT_BELOW):
         return {**out, "statistic": float(min(b, c)), "p": float(binomtest(b, n, 0.5).pvalue),
                 "method": "exact binomial (two-sided)"}
-    stat = (abs(b - c) - 1) ** 2 / n
+    stat = max(0, abs(b - c) - 1) ** 2 / n
     return {**out, "statistic": float(stat), "p": float(chi2.sf(stat, 1)),
             "method": "chi-square with continuity correction"}
 
