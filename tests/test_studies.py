@@ -34,7 +34,13 @@ def test_power_law_fit_recovers_a_known_exponent():
     f = fit_power_law(p, noisy)
     lo, hi = f["alpha_ci"]
     assert f["alpha"] == pytest.approx(-0.53, abs=0.03) and lo < -0.53 < hi and hi - lo < 0.15
-    assert "bootstrap over 5 seeds" in f["ci_method"]
+    assert "per-seed slopes of 5 seeds" in f["ci_method"]
+    slopes = [np.polyfit(np.log(p), np.log(row), 1)[0] for row in noisy]  # the t-interval by hand
+    half = 2.776 * np.std(slopes, ddof=1) / np.sqrt(5)  # t_{0.975, 4}
+    assert hi - lo == pytest.approx(2 * half, rel=1e-3)
+    many = truth * np.exp(rng.normal(0, 0.05, (12, len(p))))  # 12 seeds: a bootstrap over seeds
+    g = fit_power_law(p, many)
+    assert "bootstrap over 12 seeds" in g["ci_method"] and g["alpha_ci"][0] < -0.53 < g["alpha_ci"][1]
     one = fit_power_law(p, noisy[:1])  # one seed: the regression's t-interval
     assert one["ci_method"].startswith("t-interval") and one["alpha_ci"][0] < one["alpha"] < one["alpha_ci"][1]
     steeper = fit_power_law(p, (3 * p ** -1.0)[None, :] * np.exp(rng.normal(0, 0.02, (4, len(p)))))
@@ -47,8 +53,9 @@ def test_power_law_fit_recovers_a_known_exponent():
 def test_peak_width_is_the_interpolation_peak_not_the_underfit_end():
     widths = [1, 2, 3, 4, 8, 16]
     assert peak_width(widths, [0.6, 0.3, 0.45, 0.35, 0.2, 0.15]) == {
-        "peak_width": 3.0, "peak_test_error": 0.45, "interior": True}
-    assert peak_width(widths, [0.6, 0.5, 0.4, 0.3, 0.2, 0.1])["interior"] is False
+        "peak_width": 3.0, "peak_test_error": 0.45, "interior": True, "max_width": 1.0}
+    monotone = peak_width(widths, [0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+    assert monotone["interior"] is False and monotone["peak_width"] is None and monotone["max_width"] == 1.0
 
 
 def test_every_study_config_expands_to_its_documented_grid(tmp_path):
@@ -61,6 +68,9 @@ def test_every_study_config_expands_to_its_documented_grid(tmp_path):
         runs = expand(name, settings, base, tmp_path)
         sizes[name] = len(runs)
         assert len({r.run_id for r in runs}) == len(runs)
+        for r in runs:  # every run has a finite budget: a run that never fits its labels still stops
+            t = r.config["train"]
+            assert t["epochs"] < 10_000 or t["max_steps"] > 0 or t["max_wall"] > 0, (name, r.arm)
     assert sizes == {"vit-vs-cnn": 2, "patch-size": 3, "double-descent": (10 + 10) * 3 * 3,
                      "learning-curve": 2 * 8 * 4, "heads-layers": (5 + 3 + 2) * 8 * 4, "mammo-patch": 3}
     s, base = load_study("learning-curve")
@@ -111,7 +121,7 @@ def cifar_dir(tmp_path_factory):
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():
     """One small local Ray for the module: run_study uses it and leaves it running."""
-    ray = pytest.importorskip("ray")
+    import ray  # a hard dependency: a broken install must fail, not skip
     ray.init(num_cpus=2, object_store_memory=100 * 1024**2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}})
     yield ray
@@ -240,10 +250,15 @@ def test_heads_layers_variants_and_combined_against_the_cnn(mnist_dir, tmp_path)
     out = tmp_path / "hl"
     run_study("heads-layers", out, overrides=[
         f"data.dir={mnist_dir}", "study.seeds=1", "study.points=[2]", "study.layers=[2]",
-        "study.combined=[[2,2]]", "study.p_train=[20,40]", *SEED000_TINY, "train.max_steps=4"])
+        "study.combined=[[2,1],[1,2],[2,2]]", "study.p_train=[20,40]", *SEED000_TINY, "train.max_steps=4"])
     df = pd.read_csv(out / "results.csv")
     arms = ["vit_H2_L1", "vit_H1_L2", "cnn", "vit_H2_L2"]
     assert list(dict.fromkeys(df["arm"])) == arms and len(df) == 8 and (df["status"] == "ok").all()
+    # variants shared by two sweeps run once and are drawn in both figures (figure 15: H, L against the CNN)
+    from medvit.studies.report import _heads_layers_groups
+
+    assert _heads_layers_groups(df) == {"heads": ["vit_H2_L1"], "layers": ["vit_H1_L2"],
+                                        "combined": ["vit_H2_L1", "vit_H1_L2", "cnn", "vit_H2_L2"]}
     fit = json.loads((out / "fit.json").read_text())
     assert set(fit) == set(arms) and all(fit[a]["alpha"] is not None for a in arms)
     for name in ("heads", "layers", "combined"):

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from medvit.studies.grid import STUDIES, expand, load_study
 from medvit.studies.report import CURVES, RESULTS, collect_curves, redraw
 
-COLUMNS = ["study", "arm", "axis", "point", "noise", "seed", "status", "error",
+COLUMNS = ["study", "arm", "group", "axis", "point", "noise", "seed", "status", "error",
            "test_error", "test_accuracy", "test_loss", "test_auc", "test_auc_lo", "test_auc_hi", "n_test", "scored_on",
            "train_error", "train_accuracy", "train_loss", "val_accuracy", "val_loss",
            "stop_reason", "epochs", "steps", "train_wall_s", "fit_wall_s", "score_wall_s", "run_wall_s", "device", "host", "params",

@@ -77,6 +77,7 @@ class RunSpec:
     seed: int
     config: dict  # resolved trainer config (train.out set)
     run_id: str
+    group: str = ""  # heads-layers: the sweeps the arm belongs to, e.g. "heads|combined"
 
     @property
     def run_dir(self) -> Path:
@@ -111,8 +112,9 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
     tree[leaf] = value
 
 
-def _arms(name: str, s: StudySettings) -> list[tuple[str, dict, str, list]]:
-    """(arm name, overrides, axis, points) for every arm of the study."""
+def _arms(name: str, s: StudySettings) -> list[tuple[str, dict, str, list, str]]:
+    """(arm name, overrides, axis, points, group) for every arm of the study; group names the
+    heads-layers sweeps an arm belongs to ("heads|combined"), "" elsewhere."""
     axis = STUDIES[name].axis
     if name != "heads-layers":  # an arm may carry its own `points` (e.g. CNN and ViT widths); --points wins
         out = []
@@ -121,7 +123,7 @@ def _arms(name: str, s: StudySettings) -> list[tuple[str, dict, str, list]]:
                 continue
             over = dict(over)
             own = over.pop("points", None)
-            out.append((arm, over, axis, [None] if axis == "none" else list(s.points or own or [])))
+            out.append((arm, over, axis, [None] if axis == "none" else list(s.points or own or []), ""))
         return out
     if not s.arms.get("vit"):
         raise ConfigError("heads-layers: study.arms needs a 'vit' arm (and 'cnn' for the combined comparison)")
@@ -130,21 +132,23 @@ def _arms(name: str, s: StudySettings) -> list[tuple[str, dict, str, list]]:
     for sweep in s.sweep:
         if sweep == "heads":
             out += [(f"vit_H{h}_L1", deep_merge(vit, {"model": {"kwargs": {"heads": int(h), "depth": 1}}}),
-                     "p_train", list(s.p_train)) for h in s.points]
+                     "p_train", list(s.p_train), sweep) for h in s.points]
         elif sweep == "layers":
             layers = s.points if list(s.sweep) == ["layers"] and s.points else s.layers
             out += [(f"vit_H1_L{n}", deep_merge(vit, {"model": {"kwargs": {"heads": 1, "depth": int(n)}}}),
-                     "p_train", list(s.p_train)) for n in layers]
+                     "p_train", list(s.p_train), sweep) for n in layers]
         elif sweep == "combined":
             if s.arms.get("cnn"):
-                out.append(("cnn", s.arms["cnn"], "p_train", list(s.p_train)))
+                out.append(("cnn", s.arms["cnn"], "p_train", list(s.p_train), sweep))
             out += [(f"vit_H{h}_L{n}", deep_merge(vit, {"model": {"kwargs": {"heads": int(h), "depth": int(n)}}}),
-                     "p_train", list(s.p_train)) for h, n in s.combined]
+                     "p_train", list(s.p_train), sweep) for h, n in s.combined]
         else:
             raise ConfigError(f"study.sweep {sweep!r}: valid: heads, layers, combined")
     seen: dict[str, tuple] = {}
-    for arm in out:  # the same variant from two sweeps (e.g. H1 L1) runs once
-        seen.setdefault(arm[0], arm)
+    for arm in out:  # the same variant from two sweeps (e.g. H1 L1) runs once, in both groups
+        first = seen.setdefault(arm[0], arm)
+        if first is not arm and arm[4] not in first[4].split("|"):
+            seen[arm[0]] = (*first[:4], f"{first[4]}|{arm[4]}")
     return list(seen.values())
 
 
@@ -159,7 +163,7 @@ def expand(name: str, settings: StudySettings, base: dict, out: str | Path) -> l
     if settings.seeds < 1:
         raise ConfigError(f"--seeds {settings.seeds}: at least 1")
     runs = []
-    for arm, over, axis, points in _arms(name, settings):
+    for arm, over, axis, points, group in _arms(name, settings):
         if not points:
             raise ConfigError(f"study {name}: no points for arm {arm} (give --points"
                               f"{' or study.p_train' if name == 'heads-layers' else ''})")
@@ -183,7 +187,7 @@ def expand(name: str, settings: StudySettings, base: dict, out: str | Path) -> l
                     run_id = f"{label}-{config_hash(cfg)}"
                     cfg["train"]["out"] = str(Path(out).resolve() / "runs" / run_id)
                     runs.append(RunSpec(name, arm, axis, point, None if noise is None else float(noise), seed,
-                                        cfg, run_id))
+                                        cfg, run_id, group))
     return runs
 
 

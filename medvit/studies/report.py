@@ -131,8 +131,8 @@ def _double_descent(df: pd.DataFrame, out: Path) -> tuple[str, list[str], dict]:
     fit: dict = {}
     rows, plots = [], []
     for arm, a in ok.groupby("arm", sort=False):
-        fit[arm] = {"peak_width": {}, "peak_test_error": {}, "interior_peak": {}, "widths": {}, "test_error": {},
-                    "train_error": {}}
+        fit[arm] = {"peak_width": {}, "peak_test_error": {}, "interior_peak": {}, "max_width": {}, "widths": {},
+                    "test_error": {}, "train_error": {}}
         fig, axes = _fig(2, (5.5, 4.5))
         noises = sorted(a["noise"].unique())
         for i, (noise, g) in enumerate(a.groupby("noise")):
@@ -145,6 +145,7 @@ def _double_descent(df: pd.DataFrame, out: Path) -> tuple[str, list[str], dict]:
             fit[arm]["peak_width"][key] = peak["peak_width"]
             fit[arm]["peak_test_error"][key] = peak["peak_test_error"]
             fit[arm]["interior_peak"][key] = peak["interior"]
+            fit[arm]["max_width"][key] = peak["max_width"]
             fit[arm]["widths"][key] = widths.tolist()
             fit[arm]["test_error"][key] = m[("test_error", "mean")].tolist()
             fit[arm]["train_error"][key] = m[("train_error", "mean")].tolist()
@@ -169,11 +170,11 @@ def _double_descent(df: pd.DataFrame, out: Path) -> tuple[str, list[str], dict]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         plots.append(_save(fig, out / f"double_descent_{arm}.png"))
-    peaks = [[arm, f"{float(n):.0%}", f["peak_width"][n], "yes" if f["interior_peak"][n] else "no (an end of the sweep)"]
-             for arm, f in fit.items() for n in f["peak_width"]]
+    peaks = [[arm, f"{float(n):.0%}", f["peak_width"][n] if f["interior_peak"][n] else "none in the sweep",
+              f["max_width"][n]] for arm, f in fit.items() for n in f["peak_width"]]
     table = ("## Train and test error against width (mean over seeds)\n\n"
              + _md(["Model", "Label noise", "Width", "Train error", "Test error", "Test error sd", "Seeds"], rows)
-             + "\n## Test-error peak\n\n" + _md(["Model", "Label noise", "Peak width", "Interior peak"], peaks)
+             + "\n## Test-error peak\n\n" + _md(["Model", "Label noise", "Peak width", "Width of the highest test error"], peaks)
              + f"\nStopped by: {_stop_summary(ok)}\n")
     return table, plots, fit
 
@@ -231,7 +232,14 @@ def _learning_curves(df: pd.DataFrame, out: Path, groups: dict[str, list[str]] |
     return table, plots, fit
 
 
-def _heads_layers_groups(arms: list[str]) -> dict[str, list[str]]:
+def _heads_layers_groups(ok: pd.DataFrame) -> dict[str, list[str]]:
+    """Arms of each heads-layers figure, from results.csv's `group` column (an arm can be in two:
+    "heads|combined"); results without it: guessed from the arm names (H1 -> layers, L1 -> heads)."""
+    arms = list(ok["arm"].unique())
+    if "group" in ok and ok["group"].notna().any():
+        groups = ok.drop_duplicates("arm").set_index("arm")["group"].fillna("").astype(str)
+        out = {k: [a for a in arms if k in groups[a].split("|")] for k in ("heads", "layers", "combined")}
+        return {k: v for k, v in out.items() if v}
     parsed = {a: _VARIANT.match(a) for a in arms}
     heads = [a for a, m in parsed.items() if m and m.group(2) == "1"]
     layers = [a for a, m in parsed.items() if m and m.group(1) == "1"]
@@ -293,7 +301,7 @@ def redraw(out: str | Path) -> dict[str, Any]:
     elif study == "learning-curve":
         table, plots, fit = _learning_curves(df, out)
     elif study == "heads-layers":
-        table, plots, fit = _learning_curves(df, out, _heads_layers_groups(list(ok["arm"].unique())))
+        table, plots, fit = _learning_curves(df, out, _heads_layers_groups(ok))
     else:
         raise MedvitError(f"{path}: unknown study {study!r}")
     if fit is None and study in ("double-descent", "learning-curve", "heads-layers"):

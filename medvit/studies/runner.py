@@ -26,7 +26,8 @@ TRAINED = "trained.json"  # training finished (scoring may still be missing)
 
 
 def base_row(run: dict) -> dict:
-    return {"study": run["study"], "arm": run["arm"], "axis": run["axis"], "point": run["point"],
+    return {"study": run["study"], "arm": run["arm"], "group": run.get("group", ""), "axis": run["axis"],
+            "point": run["point"],
             "noise": run["noise"], "seed": run["seed"], "run_id": run["run_id"], "status": "", "error": ""}
 
 
@@ -153,7 +154,8 @@ def _resources(ray, s: StudySettings) -> tuple[float, float]:
 
 
 def payload(run: RunSpec, s: StudySettings) -> dict:
-    return {"study": run.study, "arm": run.arm, "axis": run.axis, "point": run.point, "noise": run.noise,
+    return {"study": run.study, "arm": run.arm, "group": run.group, "axis": run.axis, "point": run.point,
+            "noise": run.noise,
             "seed": run.seed, "run_id": run.run_id, "config": run.config, "checkpoint": s.checkpoint,
             "n_boot": s.n_boot, "threads": max(1, int(s.cpus_per_run))}
 
