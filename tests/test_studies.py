@@ -163,17 +163,36 @@ def test_learning_curve_fit_table_plot_restart_and_resume(mnist_dir, tmp_path, c
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/result.json")} == stamp
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), df)
 
-    # an interrupted run (checkpoint, no result) resumes with the trainer's resume, and only it runs
+    # an interrupted run (stopped at step 4 of 8: a checkpoint, no result) resumes with the trainer's
+    # resume, and only it runs: its first four epoch rows (wall times included) are kept, not redone
+    import shutil
+
+    import torch
+
+    from medvit.config import load_config
+    from medvit.train import fit
+
     run_dir = Path(df["run_dir"].iloc[0])
-    (run_dir / "result.json").unlink()
-    (run_dir / "trained.json").unlink()
+    cfg = load_config(str(run_dir / "config.yaml"), ["train.max_steps=4"])
+    shutil.rmtree(run_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the Ray worker: CPU sums depend on the thread count
+    try:
+        fit(cfg, run_dir)
+    finally:
+        torch.set_num_threads(threads)
+    head = (run_dir / "metrics_epoch.csv").read_text()
+    assert len(head.splitlines()) == 1 + 4
     run_study("learning-curve", out, overrides=over)
     assert "4 runs: 3 already done (skipped), 1 to run" in capsys.readouterr().out
     again = pd.read_csv(out / "results.csv")
     assert bool(again["resumed"].iloc[0]) and again["steps"].iloc[0] == 8
     assert again["test_error"].iloc[0] == pytest.approx(df["test_error"].iloc[0])
+    log = (run_dir / "metrics_epoch.csv").read_text()
+    assert log.startswith(head) and len(log.splitlines()) == 1 + 8
 
     # everything is re-drawn from the CSV alone
+    table, fit = (out / "table.md").read_text(), json.loads((out / "fit.json").read_text())
     for name in ("table.md", "fit.json", "learning_curve.png"):
         (out / name).unlink()
     from medvit.cli import main
