@@ -116,6 +116,8 @@ def _arms(name: str, s: StudySettings) -> list[tuple[str, dict, str, list, str]]
     """(arm name, overrides, axis, points, group) for every arm of the study; group names the
     heads-layers sweeps an arm belongs to ("heads|combined"), "" elsewhere."""
     axis = STUDIES[name].axis
+    if axis == "none" and s.points:
+        raise ConfigError(f"study {name} sweeps no axis: drop --points / study.points")
     if name != "heads-layers":  # an arm may carry its own `points` (e.g. CNN and ViT widths); --points wins
         out = []
         for arm, over in s.arms.items():
