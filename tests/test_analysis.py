@@ -52,6 +52,21 @@ def test_cka_known_answers():
     assert 0.3 < linear_cka(x, torch.tanh(x @ torch.randn(40, 8, generator=g, dtype=torch.float64))) < 0.99
 
 
+def test_unbiased_hsic_equals_its_u_statistic_by_brute_force():
+    """HSIC_1 (Song et al. 2012) is the U-statistic over distinct index tuples; check it term by term."""
+    import itertools
+
+    g = _gen(2)
+    x, y = torch.randn(7, 3, generator=g, dtype=torch.float64), torch.randn(7, 5, generator=g, dtype=torch.float64)
+    k, l = x @ x.T, (y @ y.T).tanh()  # any symmetric matrices
+    n = 7
+    t2 = sum(k[i, j] * l[i, j] for i, j in itertools.permutations(range(n), 2)) / (n * (n - 1))
+    t3 = sum(k[i, j] * l[i, q] for i, j, q in itertools.permutations(range(n), 3)) / (n * (n - 1) * (n - 2))
+    t4 = sum(k[i, j] * l[q, r] for i, j, q, r in itertools.permutations(range(n), 4)) / (
+        n * (n - 1) * (n - 2) * (n - 3))
+    assert float(hsic1_matrix(k[None], l[None])[0, 0]) == pytest.approx(float(t2 + t4 - 2 * t3), rel=1e-9)
+
+
 def test_minibatch_cka_matches_the_full_estimate():
     g = _gen(1)
     x = torch.randn(600, 12, generator=g)

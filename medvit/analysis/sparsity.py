@@ -11,8 +11,9 @@ appendix A: class tokens "are all not considered"): the nu histograms, the -log1
 top-5% columns and the ablation rank the patch columns j >= 1 only; the CLS column's mu is
 reported on its own (`cls_mu`).
 
-Also written: the probability that a patch is among an image's top-5% columns (its spatial map,
-seed fig. 3b), and the mean over images of the correlation coefficient between the attention
+Also written: the share of all top-5% picks that falls on each patch (summed over images, each
+image picking k = 5% of the patches; the map sums to one per layer, seed fig. 3b; k times it is
+the probability that the patch is among an image's top 5%), and the mean over images of the correlation coefficient between the attention
 maps of each pair of heads of a layer (fig. 2a) and of each pair of layers' head-mean maps
 (fig. 2b). Attention is recomputed one block and one head at a time; for the correlations at
 most `max_rows` query rows (evenly spaced) of each map are kept: all of them up to 1025 tokens
@@ -217,11 +218,13 @@ def run_sparsity(run: AnalysisRun, out: Path, batch_size: int = 32) -> dict:
     for name in ("mu_mean", "nu_hist", "top_prob", "head_corr", "layer_corr"):
         save_npy(out / f"{name}.npy", np.asarray(r[name]))
     plot_nu_hist(r, out / "nu_hist.png", f"{run.name}: nu = -log10 mu per layer ({r['images']} images)")
-    plot_top_map(r, out / "top5_map.png", f"{run.name}: P(patch in an image's top-5% mu)")
+    plot_top_map(r, out / "top5_map.png", f"{run.name}: share of the top-5% mu picks per patch (sums to 1)")
     plot_correlations(r, out / "correlations.png", f"{run.name}: mean correlation of attention maps")
     write_result(out, run, "sparsity", {
         **r, "cls_handling": "mu over all N columns (CLS included) sums to one per layer and image; "
         "the CLS column is excluded from nu, the -log10 mean line, the top-5% maps and the ablation",
+        "top_prob_meaning": "share of all top-5% picks per patch (sums to one per layer); top_k * top_prob is "
+        "the probability that a patch is among an image's top 5%",
         "files": ["mu_mean.npy", "nu_hist.npy", "top_prob.npy", "head_corr.npy", "layer_corr.npy",
                   "nu_hist.png", "top5_map.png", "correlations.png"]})
     return r
