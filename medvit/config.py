@@ -62,7 +62,8 @@ class OptimConfig:
 class ScheduleConfig:
     name: str = "cosine"  # cosine | step | constant
     warmup_epochs: float = 1.0
-    step_epochs: int = 30  # step schedule: multiply lr by gamma every step_epochs
+    step_epochs: int = 30  # step schedule: multiply lr by gamma every step_epochs ...
+    milestones: list = field(default_factory=list)  # ... or at these epochs, e.g. [100, 150]
     gamma: float = 0.1
     min_lr_ratio: float = 0.01
 

@@ -140,6 +140,16 @@ def test_width_scaled_sgd_and_step_schedule(data_dir, tmp_path):
     assert t.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * 4)  # eta = eta_eff * h
 
 
+def test_step_schedule_every_n_epochs_or_at_milestones():
+    from medvit.config import load_config
+    from medvit.train.setup import lr_factor
+
+    every = load_config(None, ["schedule.name=step", "schedule.step_epochs=2", "schedule.warmup_epochs=0"])
+    assert [lr_factor(every, e * 10, 10, 100) for e in range(5)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    at = load_config(None, ["schedule.name=step", "schedule.milestones=[1,3]", "schedule.warmup_epochs=0"])
+    assert [lr_factor(at, e * 10 + 5, 10, 100) for e in range(5)] == pytest.approx([1, 0.1, 0.1, 0.01, 0.01])
+
+
 def test_ema_and_label_smoothing_run(data_dir, tmp_path):
     run = tmp_path / "ema"
     fit(cfg_for(data_dir, "train.epochs=1", "train.ema=0.9", "train.label_smoothing=0.1"), run)

@@ -191,7 +191,10 @@ def lr_factor(cfg: Config, step: int, steps_per_epoch: int, total_steps: int) ->
     if s.name == "constant":
         return 1.0
     if s.name == "step":
-        return s.gamma ** ((step // steps_per_epoch) // max(s.step_epochs, 1))
+        epoch = step // steps_per_epoch
+        if s.milestones:
+            return s.gamma ** sum(epoch >= int(m) for m in s.milestones)
+        return s.gamma ** (epoch // max(s.step_epochs, 1))
     if s.name == "cosine":
         t = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
