@@ -1,4 +1,5 @@
-"""A tiny ingest-style folder (manifest.csv + images/*.npy) for trainer, evaluate and explain tests."""
+"""Tiny test data: an ingest-style folder (manifest.csv + images/*.npy) for trainer, evaluate and
+explain tests, and learnable CIFAR-format images for benchmark runs."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,3 +30,13 @@ def make_manifest(root: Path, size: int, n_patients: int = 12, blob: int = 3, se
                              "rows": size, "columns": size})
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
     return root
+
+
+def cifar_bars(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n CIFAR-format images (n, 32, 32, 3) uint8 and labels 0..9: class k is a bright square at a
+    place that depends on k, over dark noise (learnable in a few steps)."""
+    labels = np.arange(n) % 10
+    x = rng.integers(0, 60, (n, 32, 32, 3)).astype(np.uint8)
+    for i, k in enumerate(labels):
+        x[i, 2 * k:2 * k + 8, 8:20] = 250
+    return x, labels

@@ -27,7 +27,7 @@ from medvit.errors import MedvitError
 from medvit.manifest import assign_folds, assign_test_split
 from medvit.train import fit
 
-from fake_cache import make_manifest
+from fake_cache import cifar_bars, make_manifest
 
 PHI_MARKER = b"MEDVITPHI"  # every fake identifying field `medvit synth` writes contains it
 
@@ -396,14 +396,7 @@ def test_benchmark_runs_compare_on_the_test_split(tmp_path):
 
     rng = np.random.default_rng(0)
 
-    def images(n):
-        labels = np.arange(n) % 10
-        x = rng.integers(0, 60, (n, 32, 32, 3)).astype(np.uint8)
-        for i, k in enumerate(labels):
-            x[i, 2 * k:2 * k + 8, 8:20] = 250
-        return x, labels
-
-    (xtr, ytr), (xte, yte) = images(60), images(40)
+    (xtr, ytr), (xte, yte) = cifar_bars(rng, 60), cifar_bars(rng, 40)
     write_cifar10(tmp_path / "cifar", xtr, ytr, xte, yte)
     runs = []
     for name, bb in (("cnn", "cnn_test"), ("vit", "vit_test")):

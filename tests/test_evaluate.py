@@ -16,7 +16,7 @@ from medvit.evaluate import evaluate
 from medvit.metrics import binary_metrics, multiclass_metrics, per_breast_metrics
 from medvit.train import fit
 
-from fake_cache import make_manifest
+from fake_cache import cifar_bars, make_manifest
 
 SIZE = 32
 
@@ -125,14 +125,7 @@ def test_cli_errors_name_the_problem(mammo_run, tmp_path, capsys):
 def test_multiclass_run(tmp_path):
     rng = np.random.default_rng(0)
 
-    def images(n):  # class k: a bright square at a position that depends on k
-        labels = np.arange(n) % 10
-        x = rng.integers(0, 60, (n, 32, 32, 3)).astype(np.uint8)
-        for i, k in enumerate(labels):
-            x[i, 2 * k:2 * k + 8, 8:20] = 250
-        return x, labels
-
-    (xtr, ytr), (xte, yte) = images(60), images(40)
+    (xtr, ytr), (xte, yte) = cifar_bars(rng, 60), cifar_bars(rng, 40)
     write_cifar10(tmp_path / "cifar", xtr, ytr, xte, yte)
     cfg = load_config(None, [
         "data.kind=cifar10", f"data.dir={tmp_path / 'cifar'}", "data.image_size=16", "data.batch_size=20",
