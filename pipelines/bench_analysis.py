@@ -44,8 +44,6 @@ class RandomImages:
 
 
 def make_run(backbone: str, patch: int | None, size: int, n: int, device: str):
-    import torch
-
     from medvit.analysis.common import AnalysisRun
     from medvit.models import backbone_kind, create_backbone
     from medvit.train.setup import pick_device

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medvit.compare.maps import disagreement_gallery, pointing
 from medvit.compare.runs import Run
 from medvit.evaluate import TEST, VALIDATION
 
@@ -221,98 +222,6 @@ def subgroups(runs: list[Run], manifest: pd.DataFrame | None, n_boot: int, seed:
                                            if both else None)
             rows.append(entry)
     return rows
-
-
-# ----------------------------------------------------------------------------- maps
-
-def _map_method(model) -> str:
-    from medvit.explain import resolve_method
-
-    return resolve_method(model, "auto")  # rollout for ViTs, Grad-CAM for CNNs
-
-
-def disagreement_gallery(runs: list[Run], out: Path, k: int, device: str) -> list[dict]:
-    """The k images where the runs disagree most: first those where one run is right and another
-    wrong at their thresholds, by the spread of the probability they give the true class (one
-    confidently right, the other confidently wrong first), taking turns between the runs that are
-    right so each run's wins appear; then, when fewer than k such images
-    exist, the largest spreads among the rest (`split` False). One panel each: every run's map on
-    one colour scale, its probability and right/wrong in the title."""
-    from medvit.compare.runs import correct
-    from medvit.explain import explain, save_panel
-    from medvit.train.checkpoint import build_model_from_checkpoint
-    from medvit.train.setup import pick_device
-
-    if k <= 0:
-        return []
-    y = runs[0].frame["label"].to_numpy()
-    probs = np.stack([r.frame["prob"].to_numpy() for r in runs])  # (R, N)
-    truth = np.where(y == 1, probs, 1 - probs)
-    right = np.stack([correct(r) for r in runs])
-    split = right.any(axis=0) & ~right.all(axis=0)
-    spread = truth.max(axis=0) - truth.min(axis=0)
-    ranked = [int(i) for i in np.argsort(-spread, kind="stable")]
-    # round-robin over the run that is most right on each image, so every run's wins are shown
-    winner = truth.argmax(axis=0)
-    queues = [[i for i in ranked if split[i] and winner[i] == w] for w in range(len(runs))]
-    picked: list[int] = []
-    while any(queues) and len(picked) < k:
-        for q in queues:
-            if q and len(picked) < k:
-                picked.append(q.pop(0))
-    order = picked + [i for i in ranked if not split[i]][:k - len(picked)]
-    if not order:
-        return []
-    dev = pick_device(device)
-    models = [build_model_from_checkpoint(r.ckpt).to(dev) for r in runs]
-    methods = [_map_method(m) for m in models]
-    items = []
-    for i in order:
-        image_id = str(runs[0].frame["image_id"].iloc[i])
-        full = runs[0].dataset.load(i)
-        maps = {}
-        for r, model, method, ok in zip(runs, models, methods, right[:, i]):
-            x = r.dataset[i][0][None].to(dev)
-            heat = explain(model, x, method)[0]
-            maps[f"{r.name} ({method})\np={r.frame['prob'].iloc[i]:.2f} {'right' if ok else 'wrong'}"] = heat
-        name = f"gallery/{_safe(image_id)}.png"
-        save_panel(full, maps, out / name, title=f"image {image_id}, label {int(y[i])}")
-        items.append({"image_id": image_id, "label": int(y[i]), "figure": name, "spread": float(spread[i]),
-                      "split": bool(split[i]),
-                      "probs": {r.name: float(r.frame["prob"].iloc[i]) for r in runs},
-                      "right": {r.name: bool(ok) for r, ok in zip(runs, right[:, i])},
-                      "methods": {r.name: m for r, m in zip(runs, methods)}})
-    return items
-
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80]
-
-
-def pointing(runs: list[Run], masks: Path | None, device: str) -> dict[str, Any] | None:
-    """Pointing game per run on the compared images that have a synth lesion mask."""
-    from medvit.data.datasets import read_manifest
-    from medvit.explain import pointing_on_frame
-    from medvit.explain.pointing import rows_with_masks
-    from medvit.train.checkpoint import build_model_from_checkpoint
-    from medvit.train.setup import pick_device
-
-    if masks is None:
-        return None
-    data_dir = runs[0].cfg.data.dir
-    frame = read_manifest(data_dir)
-    frame = frame[frame["image_id"].isin(set(runs[0].frame["image_id"])) & (frame["label"] == 1)]
-    frame, pngs = rows_with_masks(frame, masks)
-    if frame.empty:
-        return None
-    dev = pick_device(device)
-    result: dict[str, Any] = {"n_images": int(len(frame)), "runs": {}}
-    for r in runs:
-        model = build_model_from_checkpoint(r.ckpt).to(dev)
-        res = pointing_on_frame(model, data_dir, frame, pngs, int(r.cfg.data.image_size), _map_method(model), dev)
-        res.pop("image_ids", None)
-        result["runs"][r.name] = res
-    return result
 
 
 # ----------------------------------------------------------------------------- benchmark runs
