@@ -59,3 +59,9 @@ def test_wheel_ships_configs_and_finds_them_by_name(venv, tmp_path):
     assert "backbone: resnet10t" in resolved and "epochs: 3" in resolved and "image_size: 128" in resolved
     resolved = run([medvit, "train", "--config", "demo_vit", "--print-config"], cwd=tmp_path)
     assert "patch_size: 16" in resolved  # demo_vit -> mammo_vit16 -> defaults, all by `base:`
+    # the seed studies' YAMLs come from the wheel too (they once resolved against the checkout)
+    code = ("from medvit.studies.grid import STUDIES, expand, load_study; import sys; "
+            "[expand(n, *load_study(n), sys.argv[1]) for n in STUDIES]; "
+            "print(STUDIES['learning-curve'].config)")
+    where = run([str(venv / "bin" / "python"), "-c", code, str(tmp_path / "out")], cwd=tmp_path)
+    assert Path(where.strip()).is_relative_to(venv), where

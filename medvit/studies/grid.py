@@ -10,10 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from medvit.config import config_from_dict, config_to_dict, deep_merge, parse_overrides, read_yaml_with_bases
+from medvit.config import CONFIG_DIR, config_from_dict, config_to_dict, deep_merge, parse_overrides, read_yaml_with_bases
 from medvit.errors import ConfigError, suggest
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 # swept axis -> the trainer config key it sets
 AXES = {"p_train": "data.train_size", "width": "model.kwargs.width", "patch": "model.patch_size",
