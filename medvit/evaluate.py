@@ -70,8 +70,10 @@ def eval_data(cfg, fold: int | None = None, data_dir: str | Path | None = None, 
         return EvalData(_labelled_images(cfg, Path(data_dir)),
                         {"kind": d.kind, "dir": str(data_dir), "fold": None, "split": "all labelled ok images"},
                         notes)
+    bundle = None
     if fold is None and split != "validation":
-        test = _test_images(cfg)
+        bundle = build_data(cfg)  # built once: its .val serves the fallback below
+        test = bundle.test
         if test is not None:
             notes += unseen_check(test.ids, run_dir, Path(d.dir) / "manifest.csv")
             return EvalData(test, {"kind": d.kind, "dir": d.dir, "fold": None, "split": TEST}, notes)
@@ -88,7 +90,8 @@ def eval_data(cfg, fold: int | None = None, data_dir: str | Path | None = None, 
     if label == VALIDATION:
         notes.append(f"scored on validation fold {d.fold}, which chose the checkpoint and the threshold: "
                      "these numbers are optimistic (ingest with --test-share for a held-out test split)")
-    return EvalData(build_data(cfg).val, {"kind": d.kind, "dir": d.dir, "fold": d.fold, "split": label}, notes)
+    val = (bundle if bundle is not None else build_data(cfg)).val  # fold set above when given
+    return EvalData(val, {"kind": d.kind, "dir": d.dir, "fold": d.fold, "split": label}, notes)
 
 
 def unseen_check(test_ids, run_dir: str | Path | None, manifest: Path) -> list[str]:
@@ -109,12 +112,6 @@ def unseen_check(test_ids, run_dir: str | Path | None, manifest: Path) -> list[s
                           f"training or selection ({log}); the folder was re-ingested since the run was "
                           "trained. Retrain on this ingest, or pass --split validation")
     return []
-
-
-def _test_images(cfg):
-    from medvit.train.setup import build_data
-
-    return build_data(cfg).test
 
 
 def _labelled_images(cfg, data_dir: Path):

@@ -43,6 +43,12 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
 def save_npy(path: str | Path, array: Any) -> Path:
     """np.save (no pickles) to a temp name beside `path`, then rename."""
     import numpy as np

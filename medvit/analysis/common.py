@@ -92,16 +92,17 @@ def load_analysis_run(run_dir: str | Path, *, which: str = "best", fold: int | N
 
 
 def batches(run: AnalysisRun, batch_size: int, desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(images on the run's device, labels) in dataset order, with a tqdm bar (off when stderr
-    is not a terminal)."""
-    import sys
-
+    """(images on the run's device, labels) in dataset order, with medvit's progress: a bar on a
+    terminal, plain lines off one."""
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
+
+    from medvit.progress import progress_bar
 
     loader = DataLoader(run.dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    for images, labels in tqdm(loader, desc=desc, unit="batch", file=sys.stderr, disable=None):
-        yield images.to(run.device), labels
+    with contextlib.closing(progress_bar(total=len(loader), desc=desc, unit="batch")) as bar:
+        for images, labels in loader:
+            yield images.to(run.device), labels
+            bar.update(1)
 
 
 @contextlib.contextmanager
@@ -194,10 +195,6 @@ def score(logits: torch.Tensor, labels: torch.Tensor, binary: bool) -> float:
 
 def first_batch(run: AnalysisRun) -> torch.Tensor:
     return run.dataset[0][0][None].to(run.device)
-
-
-def out_dir(run: AnalysisRun, kind: str, out: str | Path | None = None) -> Path:
-    return Path(out) if out else run.run_dir / ANALYSIS_DIR / kind
 
 
 def _plain(x: Any) -> Any:

@@ -278,11 +278,6 @@ def _where(result: dict) -> str:
     return f"On {result['split']} ({n} images)"
 
 
-def _p_of(pair: dict, key: str) -> float | None:
-    v = pair.get(f"{key}_holm", pair.get(key))
-    return v if not isinstance(v, dict) else None
-
-
 def summary_sentence(result: dict) -> str:
     """One sentence: which run is better on the compared split, and whether it is significant, e.g.
     "On the held-out test split (80 images), cnn (resnet10t) has the higher AUC, 0.950 vs 0.700 for

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from medvit.data.datasets import resize_square, to_tensor
 from medvit.data.transforms import apply_transform, item_seed
 from medvit.errors import MedvitError
-from medvit.io import atomic_path
+from medvit.io import write_bytes
 
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -54,11 +54,6 @@ def verify_md5(path: Path, raw: bytes, dataset: str, name: str) -> None:
     if found != expected:
         raise MedvitError(f"{path}: corrupt {dataset} file: md5 of its content is {found}, the published "
                           f"value is {expected} (data_manifests/{dataset}.yaml); download it again")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
 
 
 # ---------------------------------------------------------------- CIFAR-10
@@ -117,13 +112,13 @@ def write_cifar10(root: str | Path, train_images: np.ndarray, train_labels, test
         data = np.asarray(images, dtype=np.uint8).transpose(0, 3, 1, 2).reshape(len(images), 3072)
         batch = {b"batch_label": name.encode(), b"labels": [int(x) for x in labels], b"data": data,
                  b"filenames": [f"{name}_{i}.png".encode() for i in range(len(images))]}
-        _atomic_write(d / name, pickle.dumps(batch, protocol=2))
+        write_bytes(d / name, pickle.dumps(batch, protocol=2))
 
     for i, idx in enumerate(np.array_split(np.arange(len(train_images)), 5), start=1):
         dump(f"data_batch_{i}", train_images[idx], np.asarray(train_labels)[idx])
     dump("test_batch", test_images, test_labels)
     meta = {b"label_names": [c.encode() for c in CIFAR_CLASSES], b"num_cases_per_batch": 10000, b"num_vis": 3072}
-    _atomic_write(d / "batches.meta", pickle.dumps(meta, protocol=2))
+    write_bytes(d / "batches.meta", pickle.dumps(meta, protocol=2))
     return d
 
 
@@ -182,7 +177,7 @@ def write_mnist(root: str | Path, train_images: np.ndarray, train_labels, test_i
     def dump(name: str, array: np.ndarray) -> None:
         array = np.asarray(array, dtype=np.uint8)
         data = np.array([IDX_MAGIC[array.ndim], *array.shape], dtype=">u4").tobytes() + array.tobytes()
-        _atomic_write(root / (name + ".gz" if gz else name), gzip.compress(data) if gz else data)
+        write_bytes(root / (name + ".gz" if gz else name), gzip.compress(data) if gz else data)
 
     for train, (images, labels) in ((True, (train_images, train_labels)), (False, (test_images, test_labels))):
         dump(MNIST_FILES[train][0], images)

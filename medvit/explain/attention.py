@@ -110,9 +110,6 @@ def stream_attention(model: nn.Module, images: torch.Tensor,
         return model(images.to(device))
 
 
-_run_with_attention_hooks = stream_attention  # the name explain's callers used
-
-
 def head_attention(attn: nn.Module, qkv: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
     """(h, softmax(q_h k_hᵀ · scale)) for each head h, one (B, N, N) float32 map at a time."""
     q, k, _ = _split_qkv(attn, qkv)
@@ -124,7 +121,7 @@ def attention_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """(B, L, H, N, N) attention of every layer and head (N tokens, CLS first); rows sum to one.
     Memory grows with N²: for large grids use `cls_attention` or `attention_rollout`."""
     out: list[torch.Tensor] = []
-    _run_with_attention_hooks(model, images, lambda i, attn, qkv: out.append(attention_from_qkv(attn, qkv).cpu()))
+    stream_attention(model, images, lambda i, attn, qkv: out.append(attention_from_qkv(attn, qkv).cpu()))
     return torch.stack(out, dim=1)
 
 
@@ -144,7 +141,7 @@ def cls_attention(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     `.mean(2)` averages the heads."""
     rows: list[torch.Tensor] = []
     cls = slice(0, 1)  # timm puts the CLS token first
-    _run_with_attention_hooks(model, images,
+    stream_attention(model, images,
                               lambda i, attn, qkv: rows.append(attention_from_qkv(attn, qkv, cls)[:, :, 0].cpu()))
     return _patch_grid(model, torch.stack(rows, dim=1))
 
@@ -198,7 +195,7 @@ def attention_rollout(model: nn.Module, images: torch.Tensor, discard_ratio: flo
             a = a / a.sum(dim=-1, keepdim=True)
         layers.append(a)  # (B, N, N), rows sum to one
 
-    _run_with_attention_hooks(model, images, keep)
+    stream_attention(model, images, keep)
     row = torch.zeros_like(layers[-1][:, 0])  # (B, N)
     row[:, 0] = 1.0  # e_CLS
     for a in reversed(layers):
