@@ -15,7 +15,7 @@ from PIL import Image
 
 from medvit.analysis import ablation as abl
 from medvit.analysis.cka import hsic1_matrix, linear_cka, minibatch_cka
-from medvit.analysis.common import AnalysisRun, cnn_units, load_analysis_run, score
+from medvit.analysis.common import AnalysisRun, cnn_units, load_analysis_run, output_hooks, score
 from medvit.analysis.distance import attention_distance, mean_distance, patch_distances
 from medvit.analysis.sparsity import attention_sparsity, layer_mu
 from medvit.cli import main
@@ -189,6 +189,28 @@ def test_hooks_released_when_the_forward_raises():
     assert _hooks(model) == 0
 
 
+def test_the_shared_context_managers_restore_flags_and_always_release_hooks():
+    from medvit.models.hooks import eval_no_grad, forward_hooks
+
+    model = create_backbone("cnn_test", num_classes=3, in_chans=1, img_size=16).train()
+    model.stage1[1].eval()  # a frozen BatchNorm inside a training model: must stay frozen
+    flags = [m.training for m in model.modules()]
+    seen = []
+    with eval_no_grad(model), forward_hooks([(model.stage2, lambda m, a, out: seen.append(out.shape))]):
+        assert not any(m.training for m in model.modules()) and not torch.is_grad_enabled()
+        model(torch.rand(2, 1, 16, 16))
+    assert [m.training for m in model.modules()] == flags and seen == [torch.Size([2, 16, 4, 4])]
+    with eval_no_grad(model, grad=True):
+        assert torch.is_grad_enabled() and not model.training
+    with pytest.raises(RuntimeError, match="boom"), eval_no_grad(model), \
+            forward_hooks([(model.stage1, lambda m, a, out: 1 / 0), (model.stage3, lambda m, a, out: None)]):
+        raise RuntimeError("boom")
+    assert _hooks(model) == 0 and [m.training for m in model.modules()] == flags
+    with pytest.raises(KeyError), output_hooks(model, ["stage1", "no_such_layer"], lambda n, out: None):
+        pass  # a bad name fails on entry and leaves no hook behind
+    assert _hooks(model) == 0
+
+
 # --------------------------------------------------------------------------- sparsity
 
 
@@ -359,3 +381,66 @@ def test_cli_binary_mammography_ablation_reports_auc(tmp_path, capsys):
     assert "auc (A0 =" in printed and "AUCs, not accuracies" in printed
     result = json.loads((tmp_path / "run" / "analysis" / "ablation" / "result.json").read_text())
     assert result["metric"] == "auc" and result["data"]["split"] == "validation (optimistic)" and result["data"]["fold"] == 0
+
+
+# ------------------------------------------------------- benchmark-format runs (CIFAR-10, MNIST)
+# The seeds' analyses run on CIFAR-10 and MNIST, whose datasets fetch whole batches by index
+# (`ArrayDataset.__getitems__`); every kind must read them through the trainer's data path.
+
+BENCH_TEST = 24  # test images per format: every analysis reads all of them (no --limit)
+
+
+@pytest.fixture(scope="module")
+def bench_runs(tmp_path_factory) -> dict[str, Path]:
+    """One short `medvit train` of a tiny ViT per format, on files written here."""
+    from medvit.data.benchmarks import write_cifar10
+
+    from fake_cache import cifar_bars
+
+    root = tmp_path_factory.mktemp("bench")
+    rng = np.random.default_rng(3)
+    write_cifar10(root / "cifar10", *cifar_bars(rng, 60), *cifar_bars(rng, BENCH_TEST))
+    write_mnist(root / "mnist", *_digits(60, rng), *_digits(BENCH_TEST, rng))
+    out = {}
+    for kind, patch in (("cifar10", 8), ("mnist", 7)):
+        assert main(["train", "--backbone", "vit_test", f"data.kind={kind}", f"data.dir={root / kind}",
+                     "data.train_size=40", "data.batch_size=16", "data.workers=0", f"model.patch_size={patch}",
+                     "train.device=cpu", "--epochs", "1", "--out", str(root / f"run_{kind}")]) == 0
+        out[kind] = root / f"run_{kind}"
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["cifar10", "mnist"])
+def test_every_analysis_runs_on_a_benchmark_run(bench_runs, fmt, capsys):
+    run = bench_runs[fmt]
+    chans, grid, layers = (3, [4, 4], 2) if fmt == "cifar10" else (1, [4, 4], 2)
+
+    def analyze(kind: str, *extra: str) -> dict:
+        assert main(["analyze", str(run), kind, "--batch-size", "10", "--seeds", "1", "--device", "cpu",
+                     *extra]) == 0, capsys.readouterr().err
+        folder = "cka_vs_" + run.name if "--other" in extra and kind == "cka" else kind
+        result = json.loads((run / "analysis" / folder / "result.json").read_text())
+        assert result["kind"] == kind and result["backbone"] == "vit_test"
+        assert result["data"]["n"] == BENCH_TEST and "test" in result["data"]["split"]  # the whole test split
+        return result
+
+    att = analyze("attention")
+    assert att["grid"] == grid and att["layers"] == layers and sum(att["counts"]) == BENCH_TEST
+    maps = np.load(run / "analysis" / "attention" / "class_mean.npy")
+    assert maps.shape == (len(att["classes"]), layers, att["heads"], *grid)
+    assert np.all((maps.sum((-2, -1)) > 0) & (maps.sum((-2, -1)) < 1))  # CLS column left out of each row
+    cka = analyze("cka")
+    assert cka["layers"] == ["blocks.0", "blocks.1"] and np.allclose(np.diag(cka["cka"]), 1.0)
+    cross = analyze("cka", "--other", str(run))  # the same model on the same batches: CKA(x, x) = 1
+    assert np.asarray(cross["cka"]).shape == (2, 2) and np.allclose(cross["cka"], cka["cka"])
+    dist = analyze("distance")
+    assert np.asarray(dist["distance"]).shape == (layers, 2) and dist["image_pixels"] == [32 if fmt == "cifar10"
+                                                                                         else 28] * 2
+    assert 0 < np.max(dist["distance"]) < np.hypot(*dist["image_pixels"])
+    sparse = analyze("sparsity")
+    assert sparse["mu_sum_max_error"] < 1e-5 and sparse["images"] == BENCH_TEST and sparse["grid"] == grid
+    abl_r = analyze("ablation", "--p", "50", "--n", "1")
+    assert abl_r["metric"] == "accuracy" and [r["p"] for r in abl_r["rows"]] == [0.5]
+    assert 0.0 <= abl_r["A0"] <= 1.0
+    ckpt = torch.load(run / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    assert ckpt["model"]["patch_embed.proj.weight"].shape[1] == chans  # the format's own channels reached the model

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medvit.analysis.common import (AnalysisRun, batches, cnn_units, eval_no_grad, first_batch, output_hooks,
-                                    score, write_result)
+from medvit.analysis.common import AnalysisRun, batches, cnn_units, first_batch, output_hooks, score, write_result
 from medvit.errors import ConfigError
+from medvit.models.hooks import eval_no_grad
 
 P_VALUES = (0.05, 0.10, 0.20, 0.30)
 N_VALUES = (1, 2, 3)

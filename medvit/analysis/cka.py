@@ -22,9 +22,10 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from medvit.analysis.common import (AnalysisRun, batches, eval_no_grad, first_batch, output_hooks,
-                                    representation_layers, write_result)
+from medvit.analysis.common import (AnalysisRun, batches, first_batch, output_hooks, representation_layers,
+                                    write_result)
 from medvit.errors import ConfigError
+from medvit.models.hooks import eval_no_grad
 
 
 def gram(x: torch.Tensor) -> torch.Tensor:

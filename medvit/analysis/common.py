@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from medvit.errors import ConfigError
+from medvit.models.hooks import eval_no_grad, forward_hooks
 
 ANALYSIS_DIR = "analysis"
 # modules whose output seed 004 calls a CNN's neurons ("outputs of neurons after the activation layers")
@@ -52,32 +53,29 @@ class _Subset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         return self.dataset[int(self.indices[i])]
 
+    def __getitems__(self, indices: list[int]):
+        """A batch by index through the wrapped dataset's own batch path, when it has one."""
+        inner = [int(self.indices[i]) for i in indices]
+        fetch = getattr(self.dataset, "__getitems__", None)
+        return fetch(inner) if fetch is not None else [self.dataset[i] for i in inner]
 
-def run_folder(run_dir: str | Path) -> Path:
-    """RUN_DIR for a run folder or a checkpoint file inside RUN_DIR/checkpoints/."""
-    p = Path(run_dir)
-    if p.is_file():
-        return p.parent.parent if p.parent.name == "checkpoints" else p.parent
-    return p
+    @property
+    def collate_fn(self):
+        return getattr(self.dataset, "collate_fn", None)
 
 
 def load_analysis_run(run_dir: str | Path, *, which: str = "best", fold: int | None = None,
                       data_dir: str | Path | None = None, limit: int | None = None, seed: int = 0,
                       device: str = "auto") -> AnalysisRun:
-    """The checkpoint's model and the data `medvit evaluate` would score (the benchmark's test
-    split, or the run's validation fold / `fold` / every labelled image of `data_dir`);
-    `limit` keeps a seeded, class-stratified subset of that many images."""
-    from medvit.config import config_from_dict
+    """The run (through the one run loader, `medvit.runs`) and the data `medvit evaluate` would
+    score (the benchmark's test split, or the run's validation fold / `fold` / every labelled
+    image of `data_dir`); `limit` keeps a seeded, class-stratified subset of that many images."""
+    from medvit.canvas import size_text
     from medvit.data.benchmarks import stratified_subset
-    from medvit.evaluate import eval_data
-    from medvit.models import backbone_kind
-    from medvit.train.checkpoint import build_model_from_checkpoint, load_checkpoint, resolve_checkpoint
-    from medvit.train.setup import pick_device
+    from medvit.runs import load_run
 
-    path = resolve_checkpoint(run_dir, which) if which in ("best", "last") else Path(which)
-    ckpt = load_checkpoint(path)
-    cfg = config_from_dict(ckpt["config"])
-    data = eval_data(cfg, fold, data_dir, run_dir=run_folder(run_dir))
+    run = load_run(run_dir, which, device)
+    data = run.data(fold, data_dir)
     dataset, source = data.dataset, dict(data.source)
     if limit is not None and 0 < limit < len(dataset):
         labels = np.asarray(dataset.labels)
@@ -85,10 +83,9 @@ def load_analysis_run(run_dir: str | Path, *, which: str = "best", fold: int | N
         dataset = _Subset(dataset, keep)
         source["limit"] = int(limit)
     source["n"] = len(dataset)
-    dev = pick_device(device)
-    model = build_model_from_checkpoint(ckpt).to(dev).eval()
-    return AnalysisRun(model, ckpt["model_spec"]["name"], backbone_kind(model), bool(ckpt.get("binary", True)),
-                       dataset, run_folder(run_dir), path, dev, source, list(data.notes))
+    source["image_size"] = size_text(run.image_size)
+    return AnalysisRun(run.model, run.name, run.kind, run.binary, dataset, run.run_dir, run.checkpoint,
+                       run.device, source, list(data.notes))
 
 
 def batches(run: AnalysisRun, batch_size: int, desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -98,40 +95,22 @@ def batches(run: AnalysisRun, batch_size: int, desc: str) -> Iterator[tuple[torc
 
     from medvit.progress import progress_bar
 
-    loader = DataLoader(run.dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    # the trainer's and evaluate's loader: a batch-by-index dataset (CIFAR-10/MNIST) brings its collate_fn
+    loader = DataLoader(run.dataset, batch_size=batch_size, shuffle=False, num_workers=0,
+                        collate_fn=getattr(run.dataset, "collate_fn", None))
     with contextlib.closing(progress_bar(total=len(loader), desc=desc, unit="batch")) as bar:
         for images, labels in loader:
             yield images.to(run.device), labels
             bar.update(1)
 
 
-@contextlib.contextmanager
 def output_hooks(model: nn.Module, names: list[str],
-                 fn: Callable[[str, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+                 fn: Callable[[str, torch.Tensor], torch.Tensor | None]) -> contextlib.AbstractContextManager:
     """Forward hooks on the named submodules calling fn(name, output); a tensor fn returns
-    replaces the output. Removed on exit, also when the body raises."""
+    replaces the output. Removed on exit, also when the body raises (`forward_hooks`)."""
     modules = dict(model.named_modules())
-    handles = []
-    try:
-        for name in names:
-            handles.append(modules[name].register_forward_hook(
-                lambda module, args, output, name=name: fn(name, output)))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextlib.contextmanager
-def eval_no_grad(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no grad inside; the model's train/eval flag restored on exit."""
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(training)
+    return forward_hooks((modules[name], lambda module, args, output, name=name: fn(name, output))
+                         for name in names)
 
 
 def cnn_units(model: nn.Module, example: torch.Tensor) -> list[str]:
@@ -152,13 +131,8 @@ def cnn_units(model: nn.Module, example: torch.Tensor) -> list[str]:
         if n not in order:
             order.append(n)
 
-    handles = [m.register_forward_hook(record) for m in wanted]
-    try:
-        with eval_no_grad(model):
-            model(example[:1])
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks((m, record) for m in wanted), eval_no_grad(model):
+        model(example[:1])
     modules = dict(model.named_modules())
     units = [n for n in order if isinstance(modules[n], ACTIVATIONS) and four_d[n] and calls[n] == 1]
     if not units:

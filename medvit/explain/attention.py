@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from medvit.errors import ConfigError, suggest
+from medvit.models.hooks import eval_no_grad, forward_hooks
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -64,36 +65,16 @@ def attention_from_input(attn: nn.Module, x: torch.Tensor, queries: slice = slic
     return attention_from_qkv(attn, attn.qkv(x), queries)
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(training)
-
-
-@contextlib.contextmanager
 def qkv_hooks(model: nn.Module, fn: Callable[[int, nn.Module, torch.Tensor], torch.Tensor | None],
-              layers: Sequence[int] | None = None) -> Iterator[None]:
+              layers: Sequence[int] | None = None) -> contextlib.AbstractContextManager:
     """Forward hooks on `blocks[i].attn.qkv` (all blocks, or `layers`) calling fn(i, attn, qkv)
     with the projection (B, N, 3·C); a tensor fn returns replaces the block's qkv. The hooks are
-    removed on exit, also when the body raises."""
+    removed on exit, also when the body raises (`medvit.models.hooks.forward_hooks`)."""
     _check_vit(model)
     wanted = range(len(model.blocks)) if layers is None else layers
-    handles = []
-    try:
-        for i in wanted:
-            attn = model.blocks[i].attn
-
-            def hook(module, args, output, i=i, attn=attn):
-                return fn(i, attn, output)
-            handles.append(attn.qkv.register_forward_hook(hook))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    attns = [(i, model.blocks[i].attn) for i in wanted]
+    return forward_hooks((attn.qkv, lambda module, args, output, i=i, attn=attn: fn(i, attn, output))
+                         for i, attn in attns)
 
 
 def stream_attention(model: nn.Module, images: torch.Tensor,
@@ -106,7 +87,7 @@ def stream_attention(model: nn.Module, images: torch.Tensor,
         fn(i, attn, qkv)  # returns nothing: the block's qkv is left as it is
 
     device = next(model.parameters()).device
-    with qkv_hooks(model, observe, layers), torch.no_grad(), _eval_mode(model):
+    with qkv_hooks(model, observe, layers), eval_no_grad(model):
         return model(images.to(device))
 
 

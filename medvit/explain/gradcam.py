@@ -3,8 +3,8 @@
     weights_k = mean over (h, w) of d score / d A_k      (A: the target layer's output, (B, K, h, w))
     cam       = ReLU(sum_k weights_k * A_k), upsampled bilinearly to the input, min-max scaled per image
 
-The target layer's output is captured by one forward hook whose handle is removed in a
-`finally` (public API only, as `medvit.explain.attention` does; the pytorch-grad-cam pattern),
+The target layer's output is captured by one forward hook that `medvit.models.hooks.forward_hooks`
+always removes (public API only, as `medvit.explain.attention` does; the pytorch-grad-cam pattern),
 and the gradient is taken with `torch.autograd.grad` with respect to that output, so no backward
 hook is registered and no parameter `.grad` is left behind. Written here rather than through
 MONAI's GradCAM, which registers hooks without keeping their handles (so they could only be
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medvit.errors import ConfigError
+from medvit.models.hooks import eval_no_grad, forward_hooks
 
 
 def unit_range(maps: torch.Tensor) -> torch.Tensor:
@@ -39,11 +40,8 @@ def captured_output(layer: nn.Module) -> Iterator[dict]:
     """{"out": the layer's output} of the forwards run inside the block; the hook is removed on
     exit, also when the forward raises."""
     store: dict = {}
-    handle = layer.register_forward_hook(lambda module, args, out: store.update(out=out))
-    try:
+    with forward_hooks([(layer, lambda module, args, out: store.update(out=out))]):
         yield store
-    finally:
-        handle.remove()
 
 
 def gradcam_layer(model: nn.Module) -> str:
@@ -76,17 +74,12 @@ def gradcam(model: nn.Module, images: torch.Tensor, target_class: int | None = N
     device = next(model.parameters()).device
     # requires_grad on the input: a graph exists even if the weights are frozen
     x = images.to(device).float().clone().requires_grad_(True)
-    training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad(), captured_output(layer) as store:
-            logits = model(x)
-            acts = store["out"]  # (B, K, h, w)
-            scores = _scores(logits, target_class)
-            # images are independent in eval mode: d(sum of scores)/dA_b = d score_b / dA_b
-            (grads,) = torch.autograd.grad(scores.sum(), acts)
-    finally:
-        model.train(training)
+    with eval_no_grad(model, grad=True), captured_output(layer) as store:
+        logits = model(x)
+        acts = store["out"]  # (B, K, h, w)
+        scores = _scores(logits, target_class)
+        # images are independent in eval mode: d(sum of scores)/dA_b = d score_b / dA_b
+        (grads,) = torch.autograd.grad(scores.sum(), acts)
     weights = grads.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1)
     cam = F.relu((weights * acts).sum(dim=1, keepdim=True)).detach()  # (B, 1, h, w)
     cam = F.interpolate(cam.float(), size=tuple(images.shape[2:]), mode="bilinear", align_corners=False)
