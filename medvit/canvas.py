@@ -39,6 +39,13 @@ def size_text(size: Any) -> str:
     return f"{h}x{w}"
 
 
+def compact(size: Any) -> int | tuple[int, int]:
+    """A square as its side (512), anything else as (H, W): the form configs and model specs keep,
+    so square runs read exactly as they did before canvases could be rectangular."""
+    h, w = parse_size(size)
+    return h if h == w else (h, w)
+
+
 def argparse_size(text: str) -> Size:
     """`type=` for argparse flags (`--size`, `--image-size`): a clean error line on bad input."""
     import argparse

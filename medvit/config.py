@@ -20,12 +20,18 @@ from medvit.errors import ConfigError, suggest
 from medvit.io import write_text
 
 
+class CanvasSize:
+    """Type of `data.image_size`: one side (256) or "HxW" ("512x256", or [512, 256]), checked by
+    `medvit.canvas.parse_size`; a square stays an int, anything else becomes "HxW"."""
+
+
 @dataclass
 class DataConfig:
     kind: str = "mammo"  # mammo | cifar10 | mnist
     dir: str = "medvit-data"  # ingest output (mammo) or the folder holding the benchmark files
     fold: int = 0  # validate on this fold, train on the rest (mammo)
-    image_size: Optional[int] = None  # None = the data's own: the ingest size (mammo), 32 (CIFAR-10), 28 (MNIST)
+    image_size: Optional[CanvasSize] = None  # model input: 256 or HxW (512x256); None = the data's own:
+    #                                          the ingest canvas (mammo), 32 (CIFAR-10), 28 (MNIST)
     batch_size: int = 8
     workers: int = 2  # DataLoader worker processes
     balanced: bool = True  # class-balanced batches (binary labels)
@@ -56,6 +62,7 @@ class OptimConfig:
     momentum: float = 0.9
     width_scaled_lr: bool = False  # seed 000: SGD lr = lr_eff * width (model.kwargs.width)
     grad_clip: float = 1.0  # max gradient norm; 0 = off
+    layer_decay: float = 0.0  # layer-wise lr decay (ViT fine-tuning, timm's param_groups_layer_decay); 0 = off
 
 
 @dataclass
@@ -88,8 +95,34 @@ class TrainConfig:
     val_every: int = 1  # validate every N epochs; 0 = never (best.pt is not written; studies that score last.pt)
     ckpt_every: int = 0  # also save last.pt every N steps inside an epoch (long mammography epochs); 0 = per epoch
     ckpt_min_interval: float = 0.0  # seconds: skip an epoch's last.pt when one was saved more recently (tiny epochs); 0 = every epoch
+    freeze_backbone: bool = False  # train the classifier only (linear probe); BatchNorm statistics frozen too
     sample_log: bool = False  # each rank writes the image ids it trained on to RUN_DIR/samples/ (audit, DDP tests)
     out: str = ""  # run directory; "" = runs/<backbone>-<time>
+
+
+@dataclass
+class PretrainConfig:
+    """Self-supervised objectives (`medvit pretrain`); method "" = supervised training."""
+
+    method: str = ""  # "" (supervised) | mae | dino | simclr
+    extra_dirs: list = field(default_factory=list)  # more ingest folders besides data.dir
+    include_test: bool = False  # also use the `ingest --test-share` images (they should stay unseen)
+    mask_ratio: float = 0.75  # mae
+    norm_pix_loss: bool = True  # mae: per-patch normalised pixel targets
+    decoder_dim: int = 128  # mae: the light decoder
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    crop_scale: list = field(default_factory=lambda: [0.3, 1.0])  # random resized crop (share of the breast box)
+    local_crops: int = 0  # dino multi-crop: extra small views (CNNs)
+    out_dim: int = 1024  # dino: prototypes
+    hidden_dim: int = 512  # dino / simclr projection MLP
+    bottleneck_dim: int = 128  # dino head bottleneck; simclr projection output
+    teacher_temp: float = 0.04
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    teacher_momentum: float = 0.996  # dino EMA teacher, raised to 1 along a cosine
+    temperature: float = 0.2  # simclr NT-Xent
+    show_every: int = 1  # mae: add a reconstruction row to the figure every N epochs
 
 
 @dataclass
@@ -99,6 +132,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 def _yaml():
@@ -179,6 +213,14 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
         if value is None:
             return None
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if hint is CanvasSize:
+        from medvit.canvas import parse_size
+
+        try:
+            h, w = parse_size(value, key)
+        except ValueError as err:
+            raise ConfigError(f"config key {key!r}: {err}") from None
+        return h if h == w else f"{h}x{w}"
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):  # PyYAML reads 3e-4 (no dot) as a string

@@ -227,44 +227,26 @@ def write_plots(frame: pd.DataFrame, report: dict, out: Path, run_dir: Path, bin
 # ----------------------------------------------------------------------------- entry point
 
 
-def load_run(run_dir: str | Path, which: str = "best") -> tuple[Path, Path, dict, Any]:
-    """(run_dir, checkpoint path, checkpoint, config) for RUN_DIR (or a checkpoint file) and
-    best | last | a checkpoint FILE."""
-    from medvit.config import config_from_dict
-    from medvit.train.checkpoint import load_checkpoint, resolve_checkpoint
-
-    run_dir = Path(run_dir)
-    ckpt_path = resolve_checkpoint(run_dir, which) if which in ("best", "last") else Path(which)
-    if ckpt_path.is_file() and run_dir.is_file():  # RUN_DIR given as the checkpoint file itself
-        run_dir = run_dir.parent.parent if run_dir.parent.name == "checkpoints" else run_dir.parent
-    ckpt = load_checkpoint(ckpt_path)
-    return run_dir, ckpt_path, ckpt, config_from_dict(ckpt["config"])
-
-
-def score(ckpt: dict, cfg, dataset, device: str = "auto", batch_size: int | None = None,
-          workers: int = 0) -> tuple[pd.DataFrame, float]:
-    """The checkpoint's model over `dataset` with the one inference loop: (predictions frame, mean loss)."""
+def score(run, dataset, batch_size: int | None = None, workers: int = 0) -> tuple[pd.DataFrame, float]:
+    """A loaded run's model (`medvit.runs.LoadedRun`) over `dataset` with the one inference loop:
+    (predictions frame, mean loss)."""
     from torch.utils.data import DataLoader
 
-    from medvit.train.checkpoint import build_model_from_checkpoint
-    from medvit.train.setup import amp_dtype, pick_device
     from medvit.train.steps import predict
 
-    dev = pick_device(device)
-    model = build_model_from_checkpoint(ckpt).to(dev)
-    binary = bool(ckpt.get("binary", True))
-    loader = DataLoader(dataset, batch_size=batch_size or cfg.data.batch_size, shuffle=False,
-                        num_workers=workers, pin_memory=dev.type == "cuda",
+    loader = DataLoader(dataset, batch_size=batch_size or run.cfg.data.batch_size, shuffle=False,
+                        num_workers=workers, pin_memory=run.device.type == "cuda",
                         collate_fn=getattr(dataset, "collate_fn", None))
-    ids, labels, probs, loss = predict(model, loader, dev, amp_dtype(cfg, dev), binary)
-    return predictions_frame(dataset, ids, labels, probs, binary), loss
+    ids, labels, probs, loss = predict(run.model, loader, run.device, run.amp, run.binary)
+    return predictions_frame(dataset, ids, labels, probs, run.binary), loss
 
 
-def evaluate(run_dir: str | Path, *, which: str = "best", fold: int | None = None,
+def evaluate(run_dir, *, which: str = "best", fold: int | None = None,
              data_dir: str | Path | None = None, split: str = "auto", n_boot: int = 1000, seed: int = 0,
              out: str | Path | None = None, device: str = "auto", batch_size: int | None = None,
              workers: int = 0, plots: bool = True) -> dict[str, Any]:
-    """Score a run; write metrics.json, predictions.csv and the plots into `out`; return the metrics.
+    """Score a run (RUN_DIR, a checkpoint file, or a `medvit.runs.LoadedRun`); write metrics.json,
+    predictions.csv and the plots into `out`; return the metrics.
 
     which: best | last (inside RUN_DIR/checkpoints) or a checkpoint file. split: auto (the test
     split when the data has one, else the validation fold) | test | validation. plots=False skips
@@ -274,12 +256,13 @@ def evaluate(run_dir: str | Path, *, which: str = "best", fold: int | None = Non
 
     if n_boot < 0:
         raise ConfigError(f"--n-boot {n_boot}: must be 0 (no CI) or more")
-    run_dir, ckpt_path, ckpt, cfg = load_run(run_dir, which)
-    data = eval_data(cfg, fold, data_dir, split, run_dir)
-    frame, loss = score(ckpt, cfg, data.dataset, device, batch_size, workers)
-    binary = bool(ckpt.get("binary", True))
+    from medvit.canvas import size_text
+    from medvit.runs import LoadedRun, load_run
 
-    threshold = float(ckpt.get("threshold", 0.5))
+    run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir, which, device)
+    run_dir, cfg, binary, threshold = run.run_dir, run.cfg, run.binary, run.threshold
+    data = run.data(fold, data_dir, split)
+    frame, loss = score(run, data.dataset, batch_size, workers)
     if binary:
         report = binary_report(frame, loss, threshold, n_boot, seed)
     else:
@@ -290,8 +273,11 @@ def evaluate(run_dir: str | Path, *, which: str = "best", fold: int | None = Non
     names = _class_names(cfg.data.kind)
     plots, plot_notes = (write_plots(frame, report, out, run_dir, binary, n_boot, seed, names,
                                      split=data.source["split"]) if plots else ([], []))
-    report = {"run_dir": str(run_dir), "checkpoint": str(ckpt_path), "backbone": ckpt["model_spec"]["name"],
-              "binary": binary, "checkpoint_threshold": threshold, "data": data.source,
+    canvas = {"image_size": size_text(run.image_size)}
+    if cfg.data.kind == "mammo":
+        canvas["canvas"] = size_text(run.ingest_size)
+    report = {"run_dir": str(run_dir), "checkpoint": str(run.checkpoint), "backbone": run.name,
+              **canvas, "binary": binary, "checkpoint_threshold": threshold, "data": data.source,
               "split": data.source["split"], "seed": seed, **report, "plots": plots}
     report["notes"] = data.notes + report.get("notes", []) + plot_notes
     write_text(out / "predictions.csv", frame.to_csv(index=False))

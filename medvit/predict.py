@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from medvit.canvas import parse_size, size_text
 from medvit.errors import ConfigError, DicomError, MedvitError, shorten
 from medvit.io import atomic_path, printable, write_text
 from medvit.privacy import PatientIds, folder_id, patient_ids
+from medvit.workers import usable_cores
 
 COLUMNS = ["path", "image_id", "patient_id", "patient_id_source", "modality", "laterality", "laterality_source",
            "view", "prob", "pred", "status", "error"]
@@ -48,33 +49,24 @@ class Predictor:
     name: str  # backbone name
     binary: bool  # one logit + sigmoid (mammography) or C logits + softmax
     threshold: float  # the checkpoint's validation best-F1 threshold (binary)
-    image_size: int  # model input side
+    image_size: tuple[int, int]  # model input canvas (H, W)
     in_chans: int
-    ingest_size: int  # side `preprocess` produces, as at ingest for the training data
+    ingest_size: tuple[int, int]  # canvas `preprocess` produces, as at ingest for the training data
     device: Any
     amp: Any  # autocast dtype or None
 
 
 def load_predictor(checkpoint: str | Path, *, which: str = "best", device: str = "auto",
-                   size: int | None = None) -> Predictor:
-    """Model + settings from a checkpoint file or a run dir (RUN_DIR/checkpoints/<which>.pt)."""
-    from medvit.config import config_from_dict
-    from medvit.train.checkpoint import (build_model_from_checkpoint, checkpoint_ingest_size, load_checkpoint,
-                                         resolve_checkpoint)
-    from medvit.train.setup import amp_dtype, pick_device
+                   size: int | tuple[int, int] | str | None = None) -> Predictor:
+    """Model + settings from a checkpoint file or a run dir (RUN_DIR/checkpoints/<which>.pt), read
+    once by the run loader; `size` overrides the ingest canvas new DICOMs are preprocessed to."""
+    from medvit.runs import load_run
 
-    ckpt = load_checkpoint(resolve_checkpoint(checkpoint, which))
-    cfg = config_from_dict(ckpt["config"])
-    dev = pick_device(device)
-    kwargs = ckpt["model_spec"]["kwargs"]
-    model = build_model_from_checkpoint(ckpt).to(dev)
-    return Predictor(
-        model=model, name=ckpt["model_spec"]["name"], binary=bool(ckpt.get("binary", True)),
-        threshold=float(ckpt.get("threshold", 0.5)),
-        image_size=int(cfg.data.image_size or kwargs.get("img_size")),
-        in_chans=int(kwargs.get("in_chans", 1)),
-        ingest_size=int(size or checkpoint_ingest_size(ckpt)),
-        device=dev, amp=amp_dtype(cfg, dev))
+    run = load_run(checkpoint, which, device)
+    return Predictor(model=run.model, name=run.name, binary=run.binary, threshold=run.threshold,
+                     image_size=run.image_size, in_chans=run.in_chans,
+                     ingest_size=parse_size(size, "--ingest-size") if size else run.ingest_size,
+                     device=run.device, amp=run.amp)
 
 
 def forward_probs(p: Predictor, images) -> np.ndarray:
@@ -103,10 +95,10 @@ def list_dicoms(folder: Path, skip: list[Path]) -> tuple[list[str], dict[str, st
 
 
 class DicomFiles:
-    """Map-style dataset of files: item = {index, image (C,s,s) tensor or None, meta, error,
-    display ((S,S) uint16 for overlays, when asked)}. Never raises on a bad file."""
+    """Map-style dataset of files: item = {index, image (C,h,w) tensor or None, meta, error,
+    display ((H,W) uint16 canvas for overlays, when asked)}. Never raises on a bad file."""
 
-    def __init__(self, folder: Path, rels: list[str], ingest_size: int, image_size: int,
+    def __init__(self, folder: Path, rels: list[str], ingest_size: tuple[int, int], image_size: tuple[int, int],
                  in_chans: int, keep_display: bool = False, ids: PatientIds | None = None,
                  any_modality: bool = False) -> None:
         self.folder, self.rels = folder, rels
@@ -258,8 +250,7 @@ def model_threads(device, workers: int) -> Iterator[None]:
 
     before = torch.get_num_threads()
     if device.type == "cpu" and workers:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, min(before, cores - workers)))
+        torch.set_num_threads(max(1, min(before, usable_cores() - workers)))
     try:
         yield
     finally:
@@ -268,7 +259,7 @@ def model_threads(device, workers: int) -> Iterator[None]:
 
 def predict_folder(folder: str | Path, checkpoint: str | Path, out: str | Path = "predictions.csv", *,
                    overlays: str | Path | None = None, workers: int = 0, batch_size: int | None = None,
-                   threshold: float | None = None, ingest_size: int | None = None, which: str = "best",
+                   threshold: float | None = None, ingest_size: int | tuple[int, int] | None = None, which: str = "best",
                    device: str = "auto", method: str = "auto", progress: bool | None = None,
                    any_modality: bool = False, id_key: str | None = None, raw_patient_ids: bool = False) -> dict:
     """Predict every file under `folder`; write `out` and `<out stem>_per_breast.csv` (binary
@@ -313,7 +304,7 @@ def predict_folder(folder: str | Path, checkpoint: str | Path, out: str | Path =
         bar.close()
     n_ok = got.n_ok
     summary = {"files": len(rels), "ok": n_ok, "error": len(rels) - n_ok, "out": str(out),
-               "threshold": t, "ingest_size": p.ingest_size, "image_size": p.image_size,
+               "threshold": t, "canvas": size_text(p.ingest_size), "image_size": size_text(p.image_size),
                "backbone": p.name, "binary": p.binary, "overlays": n_overlays}
     if p.binary:
         table = per_breast_table(got.breasts, t)

@@ -7,6 +7,7 @@ workers from a clean server process; preloading the heavy modules there keeps st
 from __future__ import annotations
 
 import multiprocessing
+import os
 
 PRELOAD = ["numpy", "cv2", "torch", "medvit.dicom.normalize", "medvit.data.datasets"]
 
@@ -19,3 +20,11 @@ def worker_context(preload: list[str] | None = None):
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD if preload is None else preload)
     return ctx
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (a container's or taskset's share, not the host's): the
+    one count behind every default worker / thread number."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1

@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from medvit.analysis.common import ANALYSIS_DIR, load_analysis_run, run_folder
+    from medvit.analysis.common import ANALYSIS_DIR, load_analysis_run
+    from medvit.runs import run_folder
     from medvit.errors import ConfigError
 
     if args.other and args.kind in ("attention", "sparsity"):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medvit.runs import LoadedRun
 
 BATCH = 8
 
@@ -45,31 +47,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-@dataclass
-class LoadedRun:
-    model: Any
-    name: str  # backbone name (titles carry no paths or patient data)
-    image_size: int
-    data_dir: str | None
-    ingest_size: int  # side the training images were ingested at: DICOMs are preprocessed so
-
-
-def load_run(run_dir: str, which: str, device) -> LoadedRun:
+def load_run(run_dir: str, which: str, device):
+    """The run through the one run loader (`medvit.runs`); explain works on one-channel models."""
     from medvit.errors import ConfigError
-    from medvit.train.checkpoint import (build_model_from_checkpoint, checkpoint_ingest_size, load_checkpoint,
-                                         resolve_checkpoint)
+    from medvit.runs import load_run as load
 
-    # best | last inside RUN_DIR (or RUN_DIR itself when it is a file); anything else is a FILE
-    path = resolve_checkpoint(run_dir, which) if which in ("best", "last") else Path(which)
-    ckpt = load_checkpoint(path)
-    model = build_model_from_checkpoint(ckpt).to(device)
-    kwargs = ckpt["model_spec"]["kwargs"]
-    if int(kwargs.get("in_chans", 1)) != 1:
-        raise ConfigError(f"{path}: the model takes {kwargs['in_chans']} channels; explain works on "
+    run = load(run_dir, which, str(device))
+    if run.in_chans != 1:
+        raise ConfigError(f"{run.checkpoint}: the model takes {run.in_chans} channels; explain works on "
                           "single-channel mammography models")
-    data = (ckpt.get("config") or {}).get("data") or {}
-    size = int(data.get("image_size") or kwargs.get("img_size"))
-    return LoadedRun(model, ckpt["model_spec"]["name"], size, data.get("dir"), checkpoint_ingest_size(ckpt))
+    return run
 
 
 def save_json(path: Path, payload: dict) -> Path:
@@ -82,7 +69,7 @@ class ImageSource:
     """IMAGE arguments -> (image_id, full-size image float [0, 1]): DICOM files through the one
     `preprocess`, image_ids from DATA_DIR's cache via the training Dataset's loader."""
 
-    def __init__(self, data_dir: str | None, ingest_size: int) -> None:
+    def __init__(self, data_dir: str | None, ingest_size: tuple[int, int]) -> None:
         self.data_dir = data_dir
         self.ingest_size = ingest_size
         self._frame = None
@@ -137,7 +124,7 @@ def explain_images(args: argparse.Namespace, primary: LoadedRun, out: Path, devi
             compare_method = resolve_method(compare.model, args.method)
         except MedvitError:  # e.g. --method rollout for a ViT compared with a CNN: the CNN's default
             compare_method = resolve_method(compare.model, "auto")
-    source = ImageSource(args.data or primary.data_dir, primary.ingest_size)
+    source = ImageSource(args.data or primary.cfg.data.dir, primary.ingest_size)
     # DICOM files are named by their stem; two called x.dcm get x-<hash of the path as given>
     file_ids = assign_image_ids([item for item in args.images if Path(item).is_file()])
     failed = 0
@@ -169,7 +156,7 @@ def pointing(args: argparse.Namespace, primary: LoadedRun, out: Path, device) ->
     from medvit.explain.pointing import rows_with_masks
 
     method = resolve_method(primary.model, args.method)
-    data_dir = args.data or primary.data_dir
+    data_dir = args.data or primary.cfg.data.dir
     masks_dir = Path(args.pointing) / "lesion_masks"
     if not masks_dir.is_dir():
         raise MedvitError(f"{masks_dir}: no lesion masks folder; --pointing wants a `medvit synth` output")
@@ -208,7 +195,7 @@ def class_means(args: argparse.Namespace, primary: LoadedRun, out: Path, device)
     from medvit.io import save_npy
 
     method = resolve_method(primary.model, args.method)
-    data_dir = args.data or primary.data_dir
+    data_dir = args.data or primary.cfg.data.dir
     frame = read_manifest(data_dir)
     frame = frame[(frame["status"] == "ok") & frame["label"].notna()]
     if args.fold is not None:
@@ -218,7 +205,7 @@ def class_means(args: argparse.Namespace, primary: LoadedRun, out: Path, device)
                           + (f" in fold {args.fold}" if args.fold is not None else ""))
     loader = DataLoader(MammoDataset(data_dir, frame.reset_index(drop=True), primary.image_size),
                         batch_size=BATCH)
-    image_sum = np.zeros((primary.image_size,) * 2)
+    image_sum = np.zeros(primary.image_size)  # (H, W)
 
     def batches():
         nonlocal image_sum

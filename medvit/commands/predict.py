@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 
+from medvit.canvas import argparse_size
 from medvit.commands.ingest import add_privacy_flags
 from medvit.dicom import DEFAULT_SIZE
+from medvit.workers import usable_cores
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,14 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="predictions.csv", help="output CSV (default: predictions.csv)")
     p.add_argument("--overlays", metavar="DIR", help="also write an attention/Grad-CAM overlay PNG per image here")
     p.add_argument("--method", default="auto", help="overlay method: auto | attention | rollout | gradcam")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="decoding processes (0: decode in this process; default: min(4, CPUs))")
+    p.add_argument("--workers", type=int, default=min(4, usable_cores()),
+                   help="decoding processes (0: decode in this process; default: min(4, usable CPUs))")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 16)")
     p.add_argument("--threshold", type=float,
                    help="probability cut for pred=1 (default: the checkpoint's validation best-F1 threshold)")
-    p.add_argument("--ingest-size", type=int,
-                   help="preprocessing side (default: the size the run's training data was ingested at, "
-                        f"else {DEFAULT_SIZE})")
+    p.add_argument("--ingest-size", type=argparse_size, metavar="S|HxW",
+                   help="preprocessing canvas, a side or HxW (default: the canvas the run's training data was "
+                        f"ingested at, else {DEFAULT_SIZE})")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     add_privacy_flags(p)
     p.set_defaults(func=run)
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                        device=args.device, method=args.method, any_modality=args.any_modality,
                        id_key=args.id_key, raw_patient_ids=args.raw_patient_ids)
     line = (f"predicted {s['ok']}/{s['files']} file(s) with {s['backbone']} "
-            f"(threshold {s['threshold']:.3g}, preprocess {s['ingest_size']} -> {s['image_size']} px)")
+            f"(threshold {s['threshold']:.3g}, preprocess to {s['canvas']} -> model input {s['image_size']} px)")
     if s["error"]:
         line += f"; {s['error']} error row(s), see the status/error columns"
     print(line)

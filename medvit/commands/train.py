@@ -36,14 +36,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--max-wall", type=float, help="stop after this many seconds of training")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--image-size", type=int,
-                   help="model input side (default: the data's own: the ingest size, 32 CIFAR-10, 28 MNIST)")
+    p.add_argument("--image-size", type=canvas_flag, metavar="S|HxW",
+                   help="model input canvas, a side (256) or HxW (512x256) (default: the data's own: the "
+                        "ingest canvas, 32 CIFAR-10, 28 MNIST)")
     p.add_argument("--seed", type=int)
     p.add_argument("--pretrained", action="store_true", help="start from timm's ImageNet weights (needs the hub)")
     p.add_argument("--weights", help="start from a state dict on disk (3->1 channel stem adapted)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
     p.add_argument("--list", action="store_true", help="list the registered backbones and exit")
     p.set_defaults(func=run)
+
+
+def canvas_flag(text: str) -> str:
+    """`--image-size` / `--size` values as "HxW" text (argparse names a bad value)."""
+    from medvit.canvas import argparse_size, size_text
+
+    return size_text(argparse_size(text))
 
 
 def build_config(args: argparse.Namespace):

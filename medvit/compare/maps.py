@@ -17,7 +17,7 @@ def _map_method(model) -> str:
     return resolve_method(model, "auto")  # rollout for ViTs, Grad-CAM for CNNs
 
 
-def disagreement_gallery(runs: list[Run], out: Path, k: int, device: str) -> list[dict]:
+def disagreement_gallery(runs: list[Run], out: Path, k: int) -> list[dict]:
     """The k images where the runs disagree most: first those where one run is right and another
     wrong at their thresholds, by the spread of the probability they give the true class (one
     confidently right, the other confidently wrong first), taking turns between the runs that are
@@ -26,8 +26,6 @@ def disagreement_gallery(runs: list[Run], out: Path, k: int, device: str) -> lis
     one colour scale, its probability and right/wrong in the title."""
     from medvit.compare.runs import correct
     from medvit.explain import explain, save_panel
-    from medvit.train.checkpoint import build_model_from_checkpoint
-    from medvit.train.setup import pick_device
 
     if k <= 0:
         return []
@@ -49,8 +47,7 @@ def disagreement_gallery(runs: list[Run], out: Path, k: int, device: str) -> lis
     order = picked + [i for i in ranked if not split[i]][:k - len(picked)]
     if not order:
         return []
-    dev = pick_device(device)
-    models = [build_model_from_checkpoint(r.ckpt).to(dev) for r in runs]
+    models = [r.model for r in runs]  # built once per run (medvit.runs)
     methods = [_map_method(m) for m in models]
     items = []
     for i in order:
@@ -58,7 +55,7 @@ def disagreement_gallery(runs: list[Run], out: Path, k: int, device: str) -> lis
         full = runs[0].dataset.load(i)
         maps = {}
         for r, model, method, ok in zip(runs, models, methods, right[:, i]):
-            x = r.dataset[i][0][None].to(dev)
+            x = r.dataset[i][0][None].to(r.device)
             heat = explain(model, x, method)[0]
             maps[f"{r.name} ({method})\np={r.frame['prob'].iloc[i]:.2f} {'right' if ok else 'wrong'}"] = heat
         name = f"gallery/{_safe(image_id)}.png"
@@ -75,13 +72,11 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80]
 
 
-def pointing(runs: list[Run], masks: Path | None, device: str) -> dict[str, Any] | None:
+def pointing(runs: list[Run], masks: Path | None) -> dict[str, Any] | None:
     """Pointing game per run on the compared images that have a synth lesion mask."""
     from medvit.data.datasets import read_manifest
     from medvit.explain import pointing_on_frame
     from medvit.explain.pointing import rows_with_masks
-    from medvit.train.checkpoint import build_model_from_checkpoint
-    from medvit.train.setup import pick_device
 
     if masks is None:
         return None
@@ -91,11 +86,9 @@ def pointing(runs: list[Run], masks: Path | None, device: str) -> dict[str, Any]
     frame, pngs = rows_with_masks(frame, masks)
     if frame.empty:
         return None
-    dev = pick_device(device)
     result: dict[str, Any] = {"n_images": int(len(frame)), "runs": {}}
     for r in runs:
-        model = build_model_from_checkpoint(r.ckpt).to(dev)
-        res = pointing_on_frame(model, data_dir, frame, pngs, int(r.cfg.data.image_size), _map_method(model), dev)
+        res = pointing_on_frame(r.model, data_dir, frame, pngs, r.image_size, _map_method(r.model), r.device)
         res.pop("image_ids", None)
         result["runs"][r.name] = res
     return result

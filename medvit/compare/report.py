@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medvit.canvas import size_text
 from medvit.compare.maps import disagreement_gallery, pointing
 from medvit.compare.runs import Run
 from medvit.evaluate import TEST, VALIDATION
@@ -40,10 +41,10 @@ def compare(paths: list[str], out: str | Path, *, which: str = "best", split: st
 
     if n_boot < 1:
         raise ConfigError(f"--n-boot {n_boot}: the paired bootstrap needs at least 1 resample")
-    runs = R.load_runs(paths, which)
+    runs = R.load_runs(paths, which, device)
     R.check_compatible(runs)
     log(f"scoring {len(runs)} runs: {', '.join(r.name for r in runs)}")
-    source = R.score_runs(runs, split, device, batch_size, workers)
+    source = R.score_runs(runs, split, batch_size, workers)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
@@ -55,18 +56,15 @@ def compare(paths: list[str], out: str | Path, *, which: str = "best", split: st
         result.update(binary_sections(runs, out, n_boot, seed, result["split"]))
         result["subgroups"] = subgroups(runs, R.data_manifest(runs), n_boot, seed)
         log("maps of the images where the runs disagree most")
-        result["gallery"] = disagreement_gallery(runs, out, gallery, device)
-        result["pointing"] = pointing(runs, R.masks_dir(runs, masks), device)
+        result["gallery"] = disagreement_gallery(runs, out, gallery)
+        result["pointing"] = pointing(runs, R.masks_dir(runs, masks))
     else:
         result.update(multiclass_sections(runs, out))
     result["figures"] = sorted(p.name for p in out.glob("*.png")) + sorted(
         f"gallery/{p.name}" for p in (out / "gallery").glob("*.png"))
-    from medvit.train.setup import pick_device
-
     for entry, r in zip(result["runs"], runs):
-        entry["cost"] = {"parameters": R.parameters(r),
-                         "images_per_s": round(R.images_per_second(r, device), 2),
-                         "training_seconds": R.training_seconds(r), "device": str(pick_device(device))}
+        entry["cost"] = {"parameters": r.params, "images_per_s": round(R.images_per_second(r), 2),
+                         "training_seconds": r.training_seconds, "device": str(r.device)}
     result["summary"] = summary_sentence(result)
     write_text(out / "compare.json", json.dumps(result, indent=2, default=_json_default) + "\n")
     write_text(out / "index.html", render(result))
@@ -86,8 +84,9 @@ def _json_default(x):
 # ----------------------------------------------------------------------------- binary runs
 
 def _run_entry(r: Run) -> dict[str, Any]:
-    return {"name": r.name, "backbone": r.backbone, "run_dir": str(r.run_dir), "checkpoint": str(r.ckpt_path),
-            "threshold": r.threshold}
+    return {"name": r.name, "backbone": r.backbone, "run_dir": str(r.run_dir), "checkpoint": str(r.checkpoint),
+            "threshold": r.threshold, "image_size": size_text(r.image_size),
+            **({"canvas": size_text(r.ingest_size)} if r.cfg.data.kind == "mammo" else {})}
 
 
 def binary_sections(runs: list[Run], out: Path, n_boot: int, seed: int, split: str) -> dict[str, Any]:

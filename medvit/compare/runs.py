@@ -2,7 +2,6 @@
 every run on the same images (the test split, or the shared validation fold, labelled optimistic)."""
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,35 +11,39 @@ import numpy as np
 import pandas as pd
 
 from medvit.errors import ConfigError, MedvitError
+from medvit.runs import LoadedRun, load_run
 
 
 @dataclass
 class Run:
+    """A compared run: the loaded run (`medvit.runs.LoadedRun`: checkpoint, config, model built
+    once, threshold, parameters, training time, ...; its attributes are read through) plus a
+    short label and what scoring it produced."""
+
     name: str  # a short label for tables and figures: the run folder's name
-    run_dir: Path
-    ckpt_path: Path
-    ckpt: dict
-    cfg: Any
-    backbone: str
-    binary: bool
-    threshold: float  # the validation best-F1 operating point, fixed before the test split is seen
+    loaded: LoadedRun
     frame: pd.DataFrame | None = None  # predictions on the compared images
     loss: float | None = None
     dataset: Any = None
     extra: dict = field(default_factory=dict)
 
+    def __getattr__(self, key: str) -> Any:
+        if key == "loaded":  # not set yet (copy / unpickling)
+            raise AttributeError(key)
+        return getattr(self.loaded, key)
 
-def load_runs(paths: list[str], which: str = "best") -> list[Run]:
-    from medvit.evaluate import load_run
+    @property
+    def backbone(self) -> str:
+        return self.loaded.name
 
+
+def load_runs(paths: list[str], which: str = "best", device: str = "auto") -> list[Run]:
     if len(paths) < 2:
         raise ConfigError(f"compare needs at least two runs, got {len(paths)}")
     runs = []
     for p in paths:
-        run_dir, ckpt_path, ckpt, cfg = load_run(p, which)
-        runs.append(Run(run_dir.resolve().name or str(run_dir), run_dir, ckpt_path, ckpt, cfg,
-                        ckpt["model_spec"]["name"], bool(ckpt.get("binary", True)),
-                        float(ckpt.get("threshold", 0.5))))
+        loaded = load_run(p, which, device)
+        runs.append(Run(loaded.run_dir.resolve().name or str(loaded.run_dir), loaded))
     seen: dict[str, int] = {}
     for r in runs:  # two folders with the same name: add the parent's
         if sum(o.name == r.name for o in runs) > 1:
@@ -102,18 +105,17 @@ def check_compatible(runs: list[Run]) -> None:
                               "trained on. Retrain the runs on this ingest, or restore the ingest they used")
 
 
-def score_runs(runs: list[Run], split: str = "auto", device: str = "auto", batch_size: int | None = None,
-               workers: int = 0) -> dict:
+def score_runs(runs: list[Run], split: str = "auto", batch_size: int | None = None, workers: int = 0) -> dict:
     """Score every run on the same images (each at its own input size): fills run.frame, .loss,
     .dataset; returns the data source of `medvit.evaluate.eval_data` (its `split` says test or
     validation (optimistic)) plus notes. Raises if the runs were scored on different images."""
-    from medvit.evaluate import eval_data, score
+    from medvit.evaluate import score
 
     source, notes = None, []
     for r in runs:
-        data = eval_data(copy.deepcopy(r.cfg), split=split, run_dir=r.run_dir)
+        data = r.loaded.data(split=split)
         r.dataset = data.dataset
-        r.frame, r.loss = score(r.ckpt, r.cfg, data.dataset, device, batch_size, workers)
+        r.frame, r.loss = score(r.loaded, data.dataset, batch_size, workers)
         if source is None:
             source, notes = data.source, data.notes
         elif list(r.frame["image_id"]) != list(runs[0].frame["image_id"]):
@@ -122,22 +124,12 @@ def score_runs(runs: list[Run], split: str = "auto", device: str = "auto", batch
     return {**source, "notes": notes}
 
 
-def parameters(run: Run) -> int:
-    from medvit.train.checkpoint import build_model_from_checkpoint
-
-    return int(sum(p.numel() for p in build_model_from_checkpoint(run.ckpt).parameters()))
-
-
-def images_per_second(run: Run, device: str = "auto", batch: int = 16, budget_s: float = 1.0) -> float:
+def images_per_second(run: Run, batch: int = 16, budget_s: float = 1.0) -> float:
     """Forward passes per second of the model on a batch of the compared images, on this
     machine (after one warm-up pass; repeated for about `budget_s` seconds, at most 20 batches)."""
     import torch
 
-    from medvit.train.checkpoint import build_model_from_checkpoint
-    from medvit.train.setup import pick_device
-
-    dev = pick_device(device)
-    model = build_model_from_checkpoint(run.ckpt).to(dev).eval()
+    model, dev = run.model, run.device
     n = min(batch, len(run.dataset))
     x = torch.stack([run.dataset[i][0] for i in range(n)]).to(dev)
     with torch.inference_mode():
@@ -151,20 +143,6 @@ def images_per_second(run: Run, device: str = "auto", batch: int = 16, budget_s:
             if time.perf_counter() - t0 >= budget_s or done >= 20 * n:
                 break
     return done / (time.perf_counter() - t0)
-
-
-def training_seconds(run: Run) -> float | None:
-    """Training wall time: the last `elapsed` of metrics_epoch.csv, else the checkpoint's counter."""
-    log = run.run_dir / "metrics_epoch.csv"
-    if log.is_file():
-        try:
-            elapsed = pd.read_csv(log)["elapsed"].dropna()
-            if not elapsed.empty:
-                return float(elapsed.iloc[-1])
-        except (ValueError, KeyError, pd.errors.ParserError):
-            pass
-    value = (run.ckpt.get("counters") or {}).get("elapsed")
-    return float(value) if value is not None else None
 
 
 def data_manifest(runs: list[Run]) -> pd.DataFrame | None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medvit.data.datasets import resize_square, to_tensor
+from medvit.data.datasets import resize_to, to_tensor
 from medvit.data.transforms import apply_transform, item_seed
 from medvit.errors import MedvitError
 from medvit.io import write_bytes
@@ -227,7 +227,7 @@ class ArrayDataset(Dataset):
         self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = resize_square(self.images[index].astype(np.float32) / np.float32(255), self.image_size)
+        image = resize_to(self.images[index].astype(np.float32) / np.float32(255), self.image_size)
         image = apply_transform(self.transform, image, item_seed(self.seed, self.epoch, index))
         if self.normalize is not None:
             image = (image - self.normalize[0]) / self.normalize[1]

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from medvit.canvas import parse_size
 from medvit.data.transforms import apply_transform, item_seed
 from medvit.dicom import DEFAULT_SIZE
 from medvit.errors import MedvitError
@@ -29,13 +30,15 @@ def unit_float(image: np.ndarray) -> np.ndarray:
     return np.clip(image.astype(np.float32), 0.0, 1.0)
 
 
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize (H, W[, C]) to (size, size[, C]): INTER_AREA to shrink, bilinear to enlarge."""
+def resize_to(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize (H, W[, C]) to the canvas `size` (a side, or (H', W')): INTER_AREA to shrink,
+    bilinear to enlarge."""
+    th, tw = parse_size(size)
     h, w = image.shape[:2]
-    if (h, w) == (size, size):
+    if (h, w) == (th, tw):
         return image
-    interp = cv2.INTER_AREA if size < max(h, w) else cv2.INTER_LINEAR
-    out = cv2.resize(image, (size, size), interpolation=interp)
+    interp = cv2.INTER_AREA if th * tw < h * w else cv2.INTER_LINEAR
+    out = cv2.resize(image, (tw, th), interpolation=interp)
     return out if out.ndim == image.ndim else out[..., None]  # cv2 drops a trailing channel of 1
 
 
@@ -49,15 +52,16 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class MammoDataset(Dataset):
-    """Cached mammograms listed in `frame`: items are ((1, S, S) in [0, 1], label or -1)."""
+    """Cached mammograms listed in `frame`: items are ((1, H, W) in [0, 1], label or -1), H x W
+    the model input canvas `image_size` (a side or (H, W))."""
 
     in_chans = 1
 
-    def __init__(self, data_dir: str | Path, frame: pd.DataFrame, image_size: int = DEFAULT_SIZE,
+    def __init__(self, data_dir: str | Path, frame: pd.DataFrame, image_size: int | tuple[int, int] = DEFAULT_SIZE,
                  transform=None, seed: int = 0) -> None:
         self.data_dir = Path(data_dir)
         self.frame = frame.reset_index(drop=True)
-        self.image_size = int(image_size)
+        self.image_size = parse_size(image_size, "image_size")
         self.transform = transform
         self.seed = int(seed)
         self.epoch = 0
@@ -84,12 +88,12 @@ class MammoDataset(Dataset):
         return unit_float(raw)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = resize_square(self.load(index), self.image_size)  # resize first: augmenting fewer pixels
+        image = resize_to(self.load(index), self.image_size)  # resize first: augmenting fewer pixels
         image = apply_transform(self.transform, image, item_seed(self.seed, self.epoch, index))
         return to_tensor(image), int(self.labels[index])
 
 
-def mammo_splits(data_dir: str | Path, fold: int, image_size: int = DEFAULT_SIZE, train_transform=None,
+def mammo_splits(data_dir: str | Path, fold: int, image_size: int | tuple[int, int] = DEFAULT_SIZE, train_transform=None,
                  val_transform=None, seed: int = 0) -> tuple[MammoDataset, MammoDataset]:
     """Train on every labelled, successfully ingested image outside `fold`; validate on `fold`.
     Rows of the test split (`ingest --test-share`) are never used, whatever their fold."""
@@ -120,7 +124,7 @@ def test_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[(frame["split"] == "test") & (frame["status"] == "ok") & frame["label"].notna()]
 
 
-def mammo_test_set(data_dir: str | Path, image_size: int = DEFAULT_SIZE, transform=None, seed: int = 0) -> MammoDataset | None:
+def mammo_test_set(data_dir: str | Path, image_size: int | tuple[int, int] = DEFAULT_SIZE, transform=None, seed: int = 0) -> MammoDataset | None:
     """The test split of `ingest --test-share` as a dataset, or None when the manifest has none."""
     rows = test_rows(read_manifest(data_dir))
     return None if rows.empty else MammoDataset(data_dir, rows, image_size, transform, seed)

@@ -49,8 +49,8 @@ def resolve_method(model: nn.Module, method: str = "auto") -> str:
 
 
 def explain(model: nn.Module, images: torch.Tensor, method: str = "auto") -> np.ndarray:
-    """(B, S, S) float32 maps in [0, 1] (each min-max scaled), upsampled bilinearly to the
-    input size S. attention = last-layer CLS attention averaged over heads; rollout =
+    """(B, H, W) float32 maps in [0, 1] (each min-max scaled), upsampled bilinearly to the
+    input canvas H x W. attention = last-layer CLS attention averaged over heads; rollout =
     attention rollout; gradcam = Grad-CAM of the predicted class (binary: the logit)."""
     method = resolve_method(model, method)
     if method == "gradcam":
@@ -77,7 +77,8 @@ def class_mean_maps(model: nn.Module, loader: Iterable, method: str = "auto") ->
     return {c: (sums[c] / counts[c]).astype(np.float32) for c in sorted(sums)}
 
 
-def pointing_on_frame(model: nn.Module, data_dir, frame, mask_pngs: list, image_size: int, method: str,
+def pointing_on_frame(model: nn.Module, data_dir, frame, mask_pngs: list, image_size: int | tuple[int, int],
+                      method: str,
                       device, tolerance: float | None = None, batch: int = 8) -> dict:
     """Pointing game of `model` over manifest rows `frame` (their cached images, no augmentation)
     against their synth lesion masks `mask_pngs` (one per row): `pointing_game`'s dict, plus
@@ -93,7 +94,7 @@ def pointing_on_frame(model: nn.Module, data_dir, frame, mask_pngs: list, image_
         x = torch.stack([dataset[i][0] for i in idx]).to(device)
         heatmaps.extend(explain(model, x, method))
         for i in idx:
-            size = dataset.load(i).shape[0]  # the ingest side: the mask follows the cached image's layout
+            size = dataset.load(i).shape  # the ingest canvas (H, W): the mask follows the cached image's layout
             masks.append(lesion_mask_in_model_space(mask_pngs[i], frame.iloc[i].to_dict(), size))
     result = pointing_game(heatmaps, masks, tolerance=TOLERANCE if tolerance is None else tolerance)
     result.update(method=method, image_ids=frame["image_id"].astype(str).tolist())

@@ -64,10 +64,10 @@ def read_mask(path: str | Path) -> np.ndarray:
     return mask > 0
 
 
-def lesion_mask_in_model_space(mask_png_path: str | Path, info: dict, size: int) -> np.ndarray:
-    """(size, size) bool: a stored-geometry lesion mask cropped to the breast box, flipped when
-    the image was, resized with its aspect kept and padded flush left, centred vertically —
-    the layout `preprocess(path, size)` gives the image (`normalize.apply_geometry`)."""
+def lesion_mask_in_model_space(mask_png_path: str | Path, info: dict, size: int | tuple[int, int]) -> np.ndarray:
+    """(H, W) bool on the ingest canvas `size` (a side or (H, W)): a stored-geometry lesion mask
+    cropped to the breast box, flipped when the image was, resized with its aspect kept and padded
+    as `preprocess(path, size)` lays out the image (`normalize.apply_geometry`)."""
     mask = read_mask(mask_png_path)
     rows, cols = info.get("rows"), info.get("columns")
     if rows not in (None, "") and cols not in (None, "") and mask.shape != (int(rows), int(cols)):
@@ -75,7 +75,7 @@ def lesion_mask_in_model_space(mask_png_path: str | Path, info: dict, size: int)
                           f"is {rows}x{cols}; it belongs to another image")
     try:
         # a mask resized like the image (area average), then a majority vote per pixel
-        return apply_geometry(mask.astype(np.float32), info, int(size)) >= 0.5
+        return apply_geometry(mask.astype(np.float32), info, size) >= 0.5
     except ValueError as err:
         raise MedvitError(f"{mask_png_path}: {err}") from err
 

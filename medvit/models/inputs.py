@@ -1,8 +1,8 @@
 """What a model is fed: the one conversion of an image to a model input, and the input
 normalisation of backbones that start from ImageNet weights.
 
-- `model_input`: an (S, S) image from `preprocess` (uint16) or the cache loader (float in [0, 1])
-  -> (C, s, s) float tensor, exactly as MammoDataset builds a validation item. Used by predict,
+- `model_input`: an (H, W) canvas image from `preprocess` (uint16) or the cache loader (float in [0, 1])
+  -> (C, h, w) float tensor, exactly as MammoDataset builds a validation item. Used by predict,
   explain (and anything else that feeds single images).
 - `pretrained_norm` / `attach_input_norm`: ImageNet weights expect their normalisation
   (timm's `pretrained_cfg` mean/std), not [0, 1] images. `create_backbone` reads it when it
@@ -23,12 +23,13 @@ from torch import nn
 NORM_MEAN, NORM_STD = "medvit_input_mean", "medvit_input_std"  # non-persistent buffers (not in state dicts)
 
 
-def model_input(image: np.ndarray, image_size: int, in_chans: int = 1) -> torch.Tensor:
-    """(S, S) image -> (C, s, s) float tensor, as MammoDataset builds it at validation:
-    resize_square -> to_tensor (grey repeated for C > 1)."""
-    from medvit.data.datasets import resize_square, to_tensor, unit_float
+def model_input(image: np.ndarray, image_size: int | tuple[int, int], in_chans: int = 1) -> torch.Tensor:
+    """(H, W) canvas image -> (C, h, w) float tensor at the model's canvas `image_size` (a side or
+    (h, w)), as MammoDataset builds it at validation:
+    resize_to -> to_tensor (grey repeated for C > 1)."""
+    from medvit.data.datasets import resize_to, to_tensor, unit_float
 
-    x = to_tensor(resize_square(unit_float(image), image_size))
+    x = to_tensor(resize_to(unit_float(image), image_size))
     return x.expand(in_chans, -1, -1).contiguous() if in_chans > 1 else x
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from medvit.canvas import compact, parse_size
 from medvit.dicom import DEFAULT_SIZE
 from medvit.errors import ConfigError, suggest
 
@@ -86,9 +87,10 @@ def _check_options(name: str, fn: Callable, kw: dict[str, Any]) -> None:
             raise ConfigError(f"backbone {name!r} has no option {key!r}: {hint}")
 
 
-def create_backbone(name: str, num_classes: int = 1, in_chans: int = 1, img_size: int = DEFAULT_SIZE,
-                    **kw: Any) -> nn.Module:
+def create_backbone(name: str, num_classes: int = 1, in_chans: int = 1,
+                    img_size: int | tuple[int, int] = DEFAULT_SIZE, **kw: Any) -> nn.Module:
     """Build a registered backbone: input (B, in_chans, H, W) float, output (B, num_classes).
+    `img_size` is a side or (H, W) (ViTs need it; CNNs take any size).
 
     Options besides those of the entrypoint: `weights=FILE` loads a timm/torchvision state dict
     or .safetensors from disk (stem conv adapted to `in_chans`, ViT positions resampled);
@@ -97,7 +99,11 @@ def create_backbone(name: str, num_classes: int = 1, in_chans: int = 1, img_size
     (`medvit.models.inputs.attach_input_norm`; recorded as `model.medvit_input_norm`).
     """
     fn = _entrypoint(name)
-    sizes = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}
+    try:
+        img_size = compact(img_size)  # a side, or (H, W)
+    except ValueError as err:
+        raise ConfigError(f"backbone {name!r}: {err}") from None
+    sizes = {"num_classes": num_classes, "in_chans": in_chans}
     for key, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"backbone {name!r}: {key} must be a positive integer, got {value!r}")
@@ -186,12 +192,23 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     meta = {}
     if isinstance(state, dict) and str(state.get("format", "")).startswith("medvit-checkpoint"):
         meta["input_norm"] = state.get("input_norm")  # a medvit run's own normalisation (None: none)
+        meta["grid"] = _token_grid(state.get("model_spec") or {})
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{path}: not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}, meta  # DDP-saved files
+
+
+def _token_grid(spec: dict) -> tuple[int, int] | None:
+    """The ViT token grid a medvit checkpoint was trained at (its canvas may be H x W), when its
+    spec says the patch; None otherwise (a square grid is then assumed, as timm does)."""
+    kw = spec.get("kwargs") or {}
+    if not kw.get("patch_size") or not kw.get("img_size"):
+        return None
+    h, w = parse_size(kw["img_size"])
+    return h // int(kw["patch_size"]), w // int(kw["patch_size"])
 
 
 def _classifier_prefix(model: nn.Module) -> str:
@@ -202,7 +219,8 @@ def _classifier_prefix(model: nn.Module) -> str:
     return next(n for n, m in model.named_modules() if m is head)
 
 
-def _adapt(state: dict[str, torch.Tensor], model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
+def _adapt(state: dict[str, torch.Tensor], model: nn.Module, path: Path,
+           grid: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
     from medvit._compat import import_timm
 
     import_timm()
@@ -220,6 +238,7 @@ def _adapt(state: dict[str, torch.Tensor], model: nn.Module, path: Path) -> dict
             out[key] = adapt_input_conv(want[1], value)  # RGB stem → in_chans (1: sum over RGB)
         elif key.endswith("pos_embed") and hasattr(model, "patch_embed"):
             out[key] = resample_abs_pos_embed(value, new_size=list(model.patch_embed.grid_size),
+                                              old_size=list(grid) if grid else None,
                                               num_prefix_tokens=model.num_prefix_tokens)
         elif key.startswith(head):
             log.warning("%s: %s has shape %s, model has %s; keeping a fresh classifier",
@@ -239,6 +258,8 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     # timm keeps a checkpoint_filter_fn beside each architecture that converts other layouts
     # (original repos, old patch embeddings) to its own and resamples ViT positions.
     filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if meta.get("grid"):  # a medvit ViT of another (possibly H x W) canvas: resample from its grid
+        state = _adapt(state, model, path, meta["grid"])
     if filter_fn is not None and type(model).__module__.startswith("timm."):
         state = filter_fn(state, model)
     state = _adapt(state, model, path)

@@ -1,4 +1,4 @@
-"""Vision Transformers: timm's `VisionTransformer`, one channel, 512×512, patch 8/16/32.
+"""Vision Transformers: timm's `VisionTransformer`, one channel, 512×512 or H×W, patch 8/16/32.
 
 Every ViT here is a plain timm `VisionTransformer` (pre-LN blocks, CLS token, learned positions,
 final LN + linear head on the CLS token), so `medvit.explain` can read `.patch_embed.grid_size`
@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from medvit._compat import import_timm
+from medvit.canvas import parse_size
 from medvit.errors import ConfigError
 from medvit.models.registry import register_backbone
 
@@ -32,9 +33,11 @@ def build_vit(*, num_classes: int, in_chans: int, img_size: int, patch_size: int
     per step against 13 s and 1.7 GB). `timm_name` names the timm model whose ImageNet weights match
     (only used with pretrained=True).
     """
-    if img_size % patch_size:
-        raise ConfigError(f"img_size {img_size} is not a multiple of patch_size {patch_size}: "
+    h, w = parse_size(img_size, "img_size")
+    if h % patch_size or w % patch_size:
+        raise ConfigError(f"image size {h}x{w} is not a multiple of patch_size {patch_size} on both sides: "
                           "pick --image-size (data.image_size) as a multiple of the patch")
+    img_size = h if h == w else (h, w)  # timm takes a side or (H, W)
     if embed_dim % num_heads:
         raise ConfigError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
     import_timm()  # the guard must run before any `from timm ...` import

@@ -59,8 +59,8 @@ def _train_and_score(run: dict, run_dir: Path) -> dict:
 
     from medvit.config import config_from_dict
     from medvit.evaluate import evaluate
+    from medvit.runs import load_run
     from medvit.train import fit
-    from medvit.train.setup import pick_device
 
     torch.set_num_threads(max(1, int(run["threads"])))
     cfg = config_from_dict(run["config"])
@@ -74,23 +74,22 @@ def _train_and_score(run: dict, run_dir: Path) -> dict:
         summary["fit_wall_s"] = time.perf_counter() - t
         summary["resumed"] = resume
         write_text(trained, json.dumps(summary, indent=1) + "\n")
-    device = str(pick_device(cfg.train.device))
     t = time.perf_counter()
-    report = evaluate(run_dir, which=run["checkpoint"], n_boot=run["n_boot"], seed=0, device=device,
-                      plots=False, out=run_dir / "eval")
+    loaded = load_run(run_dir, run["checkpoint"], cfg.train.device)  # the one load of the scored checkpoint
+    report = evaluate(loaded, n_boot=run["n_boot"], seed=0, plots=False, out=run_dir / "eval")
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the worker is reused by the next run
     score = time.perf_counter() - t
-    return {**_train_columns(run_dir, summary), **_test_columns(report), "device": device,
-            "params": _params(run_dir), "fit_wall_s": round(summary.get("fit_wall_s", float("nan")), 3),
-            "score_wall_s": round(score, 3)}
+    return {**_train_columns(run_dir, summary), "train_wall_s": round(loaded.training_seconds or 0.0, 3),
+            **_test_columns(report), "device": str(loaded.device), "params": loaded.params,
+            "fit_wall_s": round(summary.get("fit_wall_s", float("nan")), 3), "score_wall_s": round(score, 3)}
 
 
 def _train_columns(run_dir: Path, summary: dict) -> dict:
     import pandas as pd
 
     out = {"stop_reason": summary["stop_reason"], "epochs": summary["epoch"], "steps": summary["step"],
-           "train_wall_s": None, "train_error": None, "train_loss": None, "train_accuracy": None,
+           "train_error": None, "train_loss": None, "train_accuracy": None,
            "val_accuracy": None, "val_loss": None, "n_train": None, "resumed": summary.get("resumed", False)}
     log = run_dir / "metrics_epoch.csv"
     if log.is_file() and log.stat().st_size:
@@ -98,14 +97,10 @@ def _train_columns(run_dir: Path, summary: dict) -> dict:
         if len(epochs):
             last = epochs.iloc[-1]
             out.update(train_error=float(last["train_error"]), train_loss=float(last["train_loss"]),
-                       train_accuracy=1 - float(last["train_error"]), train_wall_s=float(last["elapsed"]))
+                       train_accuracy=1 - float(last["train_error"]))
             val = epochs.dropna(subset=["val_loss"]) if "val_loss" in epochs else epochs.iloc[:0]
             if len(val):
                 out.update(val_accuracy=float(val.iloc[-1]["val_accuracy"]), val_loss=float(val.iloc[-1]["val_loss"]))
-    from medvit.train.checkpoint import load_checkpoint
-
-    counters = load_checkpoint(run_dir / "checkpoints" / "last.pt")["counters"]
-    out["train_wall_s"] = round(float(counters["elapsed"]), 3)  # training wall time across resumes
     return out
 
 
@@ -114,14 +109,8 @@ def _test_columns(report: dict) -> dict:
     acc = report.get("accuracy")
     return {"test_accuracy": acc, "test_error": None if acc is None else 1 - acc, "test_loss": report.get("loss"),
             "test_auc": report.get("auc"), "test_auc_lo": ci[0], "test_auc_hi": ci[1], "n_test": report.get("n"),
-            "scored_on": report.get("split"), "checkpoint": Path(report["checkpoint"]).name}
-
-
-def _params(run_dir: Path) -> int:
-    from medvit.train.checkpoint import load_checkpoint
-
-    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
-    return int(sum(v.numel() for v in state.values() if v.is_floating_point()))
+            "scored_on": report.get("split"), "checkpoint": Path(report["checkpoint"]).name,
+            "image_size": report.get("image_size"), "canvas": report.get("canvas")}
 
 
 # ------------------------------------------------------------------------------------- driver

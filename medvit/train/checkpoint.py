@@ -17,7 +17,9 @@ def save_checkpoint(payload: dict, path: str | Path) -> Path:
     return Path(path)
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict:
+    """A medvit checkpoint, read with weights_only=True. `mmap=True` maps the file instead of
+    reading it: cheap when only the counters or the spec are needed."""
     import torch
 
     path = Path(path)
@@ -25,7 +27,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         raise MedvitError(f"{path}: checkpoint not found (train first, or point at a run directory "
                           "or a .pt file)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # pickle/zip errors from a damaged or foreign file
         raise MedvitError(f"{path}: not a readable medvit checkpoint ({type(err).__name__}: {err})") from err
 
@@ -64,15 +66,10 @@ def _what_run_has(path: Path) -> str:
     return f"{folder} has {', '.join(have)}: pass one of those files, or the run directory {folder.parent}"
 
 
-def checkpoint_ingest_size(ckpt: dict) -> int:
-    """The side the run's training images were ingested at: recorded in the checkpoint, else
-    (older checkpoints) read from the run's data folder, else DEFAULT_SIZE (512)."""
-    from medvit.ingest import ingest_size
-
-    if ckpt.get("ingest_size"):
-        return int(ckpt["ingest_size"])
-    data = (ckpt.get("config") or {}).get("data") or {}
-    return ingest_size(data.get("dir") if data.get("kind", "mammo") == "mammo" else None)
+def count_parameters(model) -> int:
+    """Parameters of a model, trainable and frozen (not buffers such as BatchNorm statistics):
+    the one count, stored in every checkpoint (`params`) and shown by compare and the studies."""
+    return int(sum(p.numel() for p in model.parameters()))
 
 
 def build_model_from_checkpoint(ckpt: dict):
