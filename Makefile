@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install browser demo test test-all bench clean
+.PHONY: install browser lint demo test test-all bench clean
 
 install: $(VENV)/.installed
 
@@ -31,10 +31,14 @@ browser:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: chromium not found; install it (Debian: apt-get install chromium) to run the report's browser test"; fi
 
-test: install browser
+# ruff (pyflakes + pycodestyle; settings in pyproject.toml): `make test` lints before it runs pytest
+lint: install
+	$(BIN)/ruff check .
+
+test: install browser lint
 	$(BIN)/python -m pytest -q
 
-test-all: install browser
+test-all: install browser lint
 	$(BIN)/python -m pytest -q -m ''
 
 # The three benchmarks, reduced to a few minutes on a laptop CPU (ratios, not absolute speeds).

@@ -58,13 +58,13 @@ def test_unbiased_hsic_equals_its_u_statistic_by_brute_force():
 
     g = _gen(2)
     x, y = torch.randn(7, 3, generator=g, dtype=torch.float64), torch.randn(7, 5, generator=g, dtype=torch.float64)
-    k, l = x @ x.T, (y @ y.T).tanh()  # any symmetric matrices
+    kx, ly = x @ x.T, (y @ y.T).tanh()  # any symmetric matrices
     n = 7
-    t2 = sum(k[i, j] * l[i, j] for i, j in itertools.permutations(range(n), 2)) / (n * (n - 1))
-    t3 = sum(k[i, j] * l[i, q] for i, j, q in itertools.permutations(range(n), 3)) / (n * (n - 1) * (n - 2))
-    t4 = sum(k[i, j] * l[q, r] for i, j, q, r in itertools.permutations(range(n), 4)) / (
+    t2 = sum(kx[i, j] * ly[i, j] for i, j in itertools.permutations(range(n), 2)) / (n * (n - 1))
+    t3 = sum(kx[i, j] * ly[i, q] for i, j, q in itertools.permutations(range(n), 3)) / (n * (n - 1) * (n - 2))
+    t4 = sum(kx[i, j] * ly[q, r] for i, j, q, r in itertools.permutations(range(n), 4)) / (
         n * (n - 1) * (n - 2) * (n - 3))
-    assert float(hsic1_matrix(k[None], l[None])[0, 0]) == pytest.approx(float(t2 + t4 - 2 * t3), rel=1e-9)
+    assert float(hsic1_matrix(kx[None], ly[None])[0, 0]) == pytest.approx(float(t2 + t4 - 2 * t3), rel=1e-9)
 
 
 def test_minibatch_cka_matches_the_full_estimate():
@@ -380,7 +380,8 @@ def test_cli_binary_mammography_ablation_reports_auc(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "auc (A0 =" in printed and "AUCs, not accuracies" in printed
     result = json.loads((tmp_path / "run" / "analysis" / "ablation" / "result.json").read_text())
-    assert result["metric"] == "auc" and result["data"]["split"] == "validation (optimistic)" and result["data"]["fold"] == 0
+    assert result["metric"] == "auc" and result["data"]["fold"] == 0
+    assert result["data"]["split"] == "validation (optimistic)"
 
 
 # ------------------------------------------------------- benchmark-format runs (CIFAR-10, MNIST)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medvit.studies import redraw, run_study
+from medvit.studies import run_study
 from medvit.studies.fits import fit_power_law, peak_width
 from fake_cache import make_manifest
 

@@ -213,7 +213,7 @@ def markdown_table(results: dict[str, dict]) -> str:
                   "|---" * (1 + 3 * len(ps)) + "|"]
         for n in r["n_values"]:
             row = {x["p"]: x for x in r["rows"] if x["n"] == n}
-            cells = [_fmt(row[p]["At"]) for p in ps] + [_fmt(row[p]["Ar"]) for p in ps] + [_fmt(row[p]["psi"]) for p in ps]
+            cells = [_fmt(row[p][key]) for key in ("At", "Ar", "psi") for p in ps]
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

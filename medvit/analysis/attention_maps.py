@@ -55,7 +55,8 @@ def class_attention(run: AnalysisRun, batch_size: int = 64) -> dict:
 
 
 def _columns(layers: int, heads: int, per_head: bool) -> list[tuple[int, int | None]]:
-    return [(l, h) for l in range(layers) for h in range(heads)] if per_head else [(l, None) for l in range(layers)]
+    return [(layer, h) for layer in range(layers) for h in range(heads)] if per_head else \
+        [(layer, None) for layer in range(layers)]
 
 
 def plot_class_grid(r: dict, variant: str, path: Path, title: str, names: list[str] | None = None,
@@ -77,11 +78,11 @@ def plot_class_grid(r: dict, variant: str, path: Path, title: str, names: list[s
         label = names[r["classes"][i]] if names else str(r["classes"][i])
         axes[i, 0].imshow(backdrop[i], cmap="gray")
         axes[i, 0].set_ylabel(label, fontsize=8)
-        for j, (l, h) in enumerate(cols, start=1):
-            m = maps[i, l, h] if h is not None else maps[i, l].mean(0)
+        for j, (layer, h) in enumerate(cols, start=1):
+            m = maps[i, layer, h] if h is not None else maps[i, layer].mean(0)
             axes[i, j].imshow(m, cmap="inferno")
             if i == 0:
-                axes[i, j].set_title(f"L{l + 1}" + (f" H{h + 1}" if h is not None else " mean"), fontsize=7)
+                axes[i, j].set_title(f"L{layer + 1}" + (f" H{h + 1}" if h is not None else " mean"), fontsize=7)
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])

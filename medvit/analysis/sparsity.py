@@ -13,11 +13,12 @@ reported on its own (`cls_mu`).
 
 Also written: the share of all top-5% picks that falls on each patch (summed over images, each
 image picking k = 5% of the patches; the map sums to one per layer, seed fig. 3b; k times it is
-the probability that the patch is among an image's top 5%), and the mean over images of the correlation coefficient between the attention
-maps of each pair of heads of a layer (fig. 2a) and of each pair of layers' head-mean maps
-(fig. 2b). Attention is recomputed one block and one head at a time; for the correlations at
-most `max_rows` query rows (evenly spaced) of each map are kept: all of them up to 1025 tokens
-(patch 16 at 512 px), a fixed subset beyond (patch 8: 1025 of 4097 rows).
+the probability that the patch is among an image's top 5%), and the mean over images of the
+correlation coefficient between the attention maps of each pair of heads of a layer (fig. 2a)
+and of each pair of layers' head-mean maps (fig. 2b). Attention is recomputed one block and one
+head at a time; for the correlations at most `max_rows` query rows (evenly spaced) of each map
+are kept: all of them up to 1025 tokens (patch 16 at 512 px), a fixed subset beyond (patch 8:
+1025 of 4097 rows).
 """
 from __future__ import annotations
 
@@ -195,7 +196,8 @@ def plot_correlations(r: dict, path: Path, title: str) -> Path:
 
     fig = Figure(figsize=(9.5, 4.2))
     axes = fig.subplots(1, 2)
-    for ax, m, what in ((axes[0], np.asarray(r["head_corr"])[-1], "head"), (axes[1], np.asarray(r["layer_corr"]), "layer")):
+    panels = ((axes[0], np.asarray(r["head_corr"])[-1], "head"), (axes[1], np.asarray(r["layer_corr"]), "layer"))
+    for ax, m, what in panels:
         im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
         k = m.shape[0]
         if k <= 12:

@@ -4,9 +4,10 @@ Every medvit ViT runs with fused attention (`F.scaled_dot_product_attention`), w
 materialises the attention matrix. Rather than switching a block to its slow path, a forward
 hook on each `block.attn.qkv` receives the projection the block computes anyway and rebuilds
 softmax(q kᵀ · scale) from it with the block's `q_norm` / `k_norm` / `scale` (no second qkv
-matmul); fused attention stays on and the hooks are removed in a `finally`. The hooks compute only what the caller needs (the CLS row,
-a head-fused matrix or every head), so a patch-8 ViT at 512 px (4097 tokens) does not hold six
-layers of 8 × 4097 × 4097 matrices unless `attention_maps` is asked for them.
+matmul); fused attention stays on and the hooks are always removed (`medvit.models.hooks`).
+The hooks compute only what the caller needs (the CLS row, a head-fused matrix or every head),
+so a patch-8 ViT at 512 px (4097 tokens) does not hold six layers of 8 × 4097 × 4097 matrices
+unless `attention_maps` is asked for them.
 
 `stream_attention(model, images, fn)` is the one per-block streaming API: it calls fn(layer,
 attn, qkv) as each block runs, so a caller (explain, `medvit.analysis`) keeps only what it
