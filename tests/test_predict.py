@@ -93,7 +93,7 @@ def test_one_row_per_file_with_status(world):
 
 def test_probabilities_equal_the_training_path(world):
     """No train/serve skew: predict on raw DICOMs == the model on the ingested cache via MammoDataset."""
-    assert world["summary"]["ingest_size"] == INGEST_SIZE  # read from the run's data folder
+    assert world["summary"]["canvas"] == f"{INGEST_SIZE}x{INGEST_SIZE}"  # recorded in the checkpoint
     ckpt = load_checkpoint(world["run"] / "checkpoints" / "best.pt")
     model = build_model_from_checkpoint(ckpt)
     frame = read_manifest(world["data"])
@@ -245,17 +245,20 @@ def test_missing_laterality_from_the_image_and_free_text_dropped(world, tmp_path
 
 
 def test_ingest_size_travels_in_the_checkpoint(world, tmp_path):
-    """The training data folder may be gone where predict runs: the side is in the checkpoint."""
+    """The training data folder may be gone where predict runs: the canvas is in the checkpoint."""
     from medvit.predict import load_predictor
     from medvit.train.checkpoint import save_checkpoint
 
     ck = load_checkpoint(world["run"] / "checkpoints" / "best.pt")
-    assert ck["ingest_size"] == INGEST_SIZE
+    assert ck["canvas"] == f"{INGEST_SIZE}x{INGEST_SIZE}"
     ck["config"]["data"]["dir"] = str(tmp_path / "moved-away")
     moved = save_checkpoint(ck, tmp_path / "moved.pt")
-    assert load_predictor(moved, device="cpu").ingest_size == INGEST_SIZE
-    del ck["ingest_size"]  # a checkpoint from before: the data folder, else 512
-    assert load_predictor(save_checkpoint(ck, tmp_path / "old.pt"), device="cpu").ingest_size == 512
+    assert load_predictor(moved, device="cpu").ingest_size == (INGEST_SIZE, INGEST_SIZE)
+    del ck["canvas"]
+    ck["ingest_size"] = 48  # a checkpoint from before canvases: its side
+    assert load_predictor(save_checkpoint(ck, tmp_path / "older.pt"), device="cpu").ingest_size == (48, 48)
+    del ck["ingest_size"]  # older still: the data folder, else 512
+    assert load_predictor(save_checkpoint(ck, tmp_path / "old.pt"), device="cpu").ingest_size == (512, 512)
 
 
 def test_not_a_mammogram_is_an_error_row_unless_any_modality(world, tmp_path, capsys):
