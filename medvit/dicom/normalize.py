@@ -1,13 +1,20 @@
-"""The one preprocessing function: DICOM file -> (size, size) uint16, tissue bright,
+"""The one preprocessing function: DICOM file -> (H, W) uint16 canvas, tissue bright,
 chest wall on the left. `medvit ingest` and `medvit predict` both call `preprocess`.
 
-decode -> modality LUT -> VOI -> MONOCHROME1 invert -> breast crop -> orient -> resize + pad.
-`apply_geometry` repeats the last three steps on any full-resolution array (e.g. a lesion mask)
-with the crop box and flip recorded in the info dict, through the same code.
+decode -> modality LUT -> VOI -> MONOCHROME1 invert -> breast crop -> background to 0 -> orient
+-> resize + pad. The canvas is H x W (`medvit.canvas`: a tuple in code, "512x256" in files; one
+number is a square). `apply_geometry` repeats the crop, orientation and resize on any
+full-resolution array (e.g. a lesion mask) with the crop box and flip recorded in the info dict,
+through the same code.
+
+Background: after the VOI window (SIGMOID, MONOCHROME1) the air around the breast is often grey,
+not black, so the crop's edge against the zero padding would be a vertical line whose position
+(the crop's width) the model could learn. Every pixel outside the breast (the mask the crop box
+is found from) is set to the padding value 0; the level it had is `info["background_level"]`.
 
 Speed: JPEG 2000 files are decoded twice at low resolution instead of once at full size: a
 preview level (long side >= PREVIEW_SIDE) to find the breast, then the coarsest level whose
-crop still has a long side >= `size` (often the same level). The modality LUT and VOI are
+crop still covers the canvas (often the same level). The modality LUT and VOI are
 elementwise, so applying them to a lower resolution level is valid.
 """
 from __future__ import annotations
@@ -19,6 +26,7 @@ import cv2
 import numpy as np
 from pydicom.dataset import Dataset
 
+from medvit.canvas import Size, parse_size, size_text
 from medvit.dicom import DEFAULT_SIZE
 from medvit.dicom.lut import detection_view, to_unit  # noqa: F401 (to_unit: part of this module's face)
 from medvit.dicom.read import PHOTOMETRICS, VIEWS, Pixels, check_modality, defined_term, modality_of, read_dataset
@@ -27,31 +35,42 @@ from medvit.errors import ConfigError, DicomError
 # Bump when preprocessing output changes: ingest's cache key carries it, so caches get rebuilt.
 # 2: the breast is found before the VOI window. 3: markers inside the crop box are zeroed.
 # 4: a malformed modality/VOI LUT falls back to the next rule; non-mammograms are refused.
-VERSION = 4
+# 5: H x W canvases; pixels outside the breast are set to 0 (no edge where the crop meets the padding).
+VERSION = 5
 PREVIEW_SIDE = 256   # long side of the image the crop box is found on
 CROP_KEYS = ("crop_y0", "crop_x0", "crop_y1", "crop_x1")  # the crop box in Preprocessed.info
 
 
 @dataclass
 class Preprocessed:
-    image: np.ndarray  # (size, size) uint16, tissue bright, chest wall left, 0 = padding/air
+    image: np.ndarray  # (H, W) uint16, tissue bright, chest wall left, 0 = padding/air
     info: dict = field(default_factory=dict)  # header facts + what was done; JSON-able, no PHI
 
 
-def preprocess(path: str | Path, size: int = DEFAULT_SIZE, *, any_modality: bool = False) -> Preprocessed:
-    """Read one DICOM and return the model-ready image. Raises DicomError.
+def canvas_of(size: int | str | Size) -> Size:
+    """(H, W) of a canvas given as 512, "512x256" or (512, 256); ConfigError when unusable."""
+    try:
+        return parse_size(size, "image size")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
-    Layout of the output: the breast crop is scaled (aspect kept) so its long side is `size`,
-    placed flush left (chest wall against the left edge) and centred vertically; the rest
-    is 0. Values: VOI output mapped to 0..65535. A file whose Modality says it is not a
-    mammogram is refused (`not_mammogram`, see `check_modality`) unless `any_modality`."""
-    if int(size) < 8:
-        raise ConfigError(f"image size must be at least 8 pixels, got {size}")
+
+def preprocess(path: str | Path, size: int | str | Size = DEFAULT_SIZE, *,
+               any_modality: bool = False) -> Preprocessed:
+    """Read one DICOM and return the model-ready (H, W) image (`size`: 512, "512x256" or
+    (512, 256)). Raises DicomError.
+
+    Layout of the output: the breast crop is scaled (aspect kept) to fit the H x W canvas, placed
+    flush left (chest wall against the left edge) and centred vertically (a crop that fills the
+    height, the usual case, sits at the top); the rest is 0, and so is every pixel outside the
+    breast. Values: VOI output mapped to 0..65535. A file that is not a mammogram is refused
+    (`not_mammogram`, see `check_modality`) unless `any_modality`."""
+    canvas = canvas_of(size)
     ds = read_dataset(path)
     check_modality(ds, path, any_modality)
     pixels = Pixels(ds, path)
     try:
-        return _preprocess(ds, pixels, size)
+        return _preprocess(ds, pixels, canvas)
     except DicomError:
         raise
     except MemoryError:
@@ -60,7 +79,7 @@ def preprocess(path: str | Path, size: int = DEFAULT_SIZE, *, any_modality: bool
         raise DicomError(path, "decode_failed", f"{type(exc).__name__}: {exc}"[:300]) from None
 
 
-def _preprocess(ds: Dataset, pixels: Pixels, size: int) -> Preprocessed:
+def _preprocess(ds: Dataset, pixels: Pixels, canvas: Size) -> Preprocessed:
     mono1 = str(ds.PhotometricInterpretation).upper() == "MONOCHROME1"
     # 1. preview: find the breast and its side
     preview_level = _coarsest_level(max(pixels.rows, pixels.cols), PREVIEW_SIDE)
@@ -69,26 +88,34 @@ def _preprocess(ds: Dataset, pixels: Pixels, size: int) -> Preprocessed:
     notes: list[str] = []  # LUT fallbacks taken (a malformed LUT falls back to the next rule)
     small = detection_view(raw[::step, ::step], ds, mono1, notes)
     scale = 2**level * step
-    small_box, blobs = find_breast(small)
+    small_box, breast = find_breast(small)
     box = scale_box(small_box, scale, pixels.rows, pixels.cols)
     laterality = laterality_of(ds)
     flip = laterality == "R" if laterality else tissue_on_right(
         small[box[0] // scale: -(-box[2] // scale), box[1] // scale: -(-box[3] // scale)])
-    # 2. the level to resample from: coarsest whose crop long side is still >= size
-    long_side = max(box[2] - box[0], box[3] - box[1])
-    raw, level, decoder = pixels.get(min(_coarsest_level(long_side, size), preview_level))
+    # 2. the level to resample from: the coarsest whose crop still covers the canvas
+    raw, level, decoder = pixels.get(min(_resample_level(box, canvas), preview_level))
     y0, x0, y1, x1 = scale_box(box, 1 / 2**level, *raw.shape)
     extended = (y0, x0, min(y1 + 1, raw.shape[0]), min(x1 + 1, raw.shape[1]))
     unit, voi = to_unit(raw, ds, mono1, crop=extended if level else (y0, x0, y1, x1), notes=notes)
     unit = align_level(unit, level)[: y1 - y0, : x1 - x0]
-    unit = clear_blobs(unit, blobs, box, scale)
-    image = _place(unit, box, flip, size)
+    unit, background = fill_background(unit, breast, box, scale)
+    image = _place(unit, box, flip, canvas)
     info = header_info(ds) | {
         "laterality": laterality or ("R" if flip else "L"),  # R images have the chest wall on the right
         "laterality_source": "header" if laterality else "content",
         "voi": voi, **dict(zip(CROP_KEYS, box)), "flipped": bool(flip), "reduce": level,
-        "decoder": decoder, "lut_fallback": ";".join(dict.fromkeys(notes))}
+        "decoder": decoder, "lut_fallback": ";".join(dict.fromkeys(notes)),
+        "background_level": background, "canvas": size_text(canvas)}
     return Preprocessed(to_uint16(image), info)
+
+
+def _resample_level(box: tuple[int, int, int, int], canvas: Size) -> int:
+    """The coarsest level at which the crop's binding side (the one that fills the canvas)
+    still has at least the canvas's pixels on that side."""
+    h, w = box[2] - box[0], box[3] - box[1]
+    height, width = canvas
+    return _coarsest_level(h, height) if h * width >= w * height else _coarsest_level(w, width)
 
 
 def _coarsest_level(long_side: int, target: int) -> int:
@@ -119,44 +146,42 @@ def _margin(shape: tuple[int, ...]) -> int:
 
 def find_breast(unit: np.ndarray) -> tuple[tuple[int, int, int, int], np.ndarray]:
     """On a small tissue-bright [0, 1] image: the bounding box (y0, x0, y1, x1) of the largest
-    bright connected region, with a small margin (the whole image when empty or flat), and a
-    bool mask of the burned-in markers and labels to clear inside it.
-
-    Markers are regions apart from the breast (beyond the margin), small (under 10% of its
-    area) and as bright as its brightest 1%, grown by two pixels; one can lie inside the box,
-    beside the narrow top of an MLO view. Regions near the breast are kept: they may be tissue."""
+    bright connected region, with a small margin (the whole image when empty or flat), and the
+    bool mask of the breast: that region, the regions near it (within the margin: they may be
+    tissue) and the holes inside them. Everything else is background, set to 0 by
+    `fill_background`: air, and burned-in markers and labels (bright regions apart from the
+    breast; one can lie inside the box, beside the narrow top of an MLO view)."""
     h, w = unit.shape
     labels, stats, best = _components(unit)
     if best is None:
-        return (0, 0, h, w), np.zeros(unit.shape, bool)
+        return (0, 0, h, w), np.ones(unit.shape, bool)
     x, y, bw, bh = (int(v) for v in stats[best, :4])
     m = _margin(unit.shape)
     box = max(0, y - m), max(0, x - m), min(h, y + bh + m), min(w, x + bw + m)
-    breast = labels == best
-    near = cv2.dilate(breast.astype(np.uint8), np.ones((2 * m + 1, 2 * m + 1), np.uint8)) > 0
-    peak = np.zeros(len(stats), np.float32)  # brightest value of every region, in one pass
-    np.maximum.at(peak, labels.ravel(), unit.ravel())
-    marker = (stats[:, cv2.CC_STAT_AREA] < 0.1 * stats[best, cv2.CC_STAT_AREA]) & (
-        peak >= np.percentile(unit[breast], 99))
-    marker[0] = False  # the background
-    marker[np.unique(labels[near])] = False
-    if not marker.any():
-        return box, np.zeros(unit.shape, bool)
-    grown = cv2.dilate(marker[labels].astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    return box, grown & ~breast
+    main = (labels == best).astype(np.uint8)
+    near = cv2.dilate(main, np.ones((2 * m + 1, 2 * m + 1), np.uint8)) > 0
+    keep = np.isin(labels, np.unique(labels[near & (labels > 0)])).astype(np.uint8)
+    contours, _ = cv2.findContours(keep, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(keep, contours, -1, 1, thickness=cv2.FILLED)  # fill holes (dark fat)
+    return box, keep > 0
 
 
-def clear_blobs(unit: np.ndarray, blobs: np.ndarray, box: tuple[int, int, int, int], scale: int) -> np.ndarray:
-    """Zero `unit` (the crop `box` of the image, any resolution) where `blobs` (a mask at
-    1/`scale` of full resolution) is set."""
+def fill_background(unit: np.ndarray, breast: np.ndarray, box: tuple[int, int, int, int],
+                    scale: int) -> tuple[np.ndarray, float | None]:
+    """Set `unit` (the crop `box` of the windowed image, any resolution) to 0 outside the breast
+    (`breast`: a mask at 1/`scale` of full resolution, grown by one of its pixels so the skin
+    line is kept, resized bilinearly so the edge is a soft ramp). Returns the filled crop and
+    the background level it had (median of the pixels set to 0, in [0, 1] of the windowed
+    image; None when the breast fills the box)."""
     y0, x0, y1, x1 = box
-    part = blobs[y0 // scale: -(-y1 // scale), x0 // scale: -(-x1 // scale)]
-    if not part.any():
-        return unit
-    mask = cv2.resize(part.astype(np.uint8), (unit.shape[1], unit.shape[0]), interpolation=cv2.INTER_NEAREST)
-    unit = unit.copy()
-    unit[mask > 0] = 0.0
-    return unit
+    part = breast[y0 // scale: -(-y1 // scale), x0 // scale: -(-x1 // scale)]
+    if part.all():
+        return unit, None
+    grown = cv2.dilate(part.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
+    soft = cv2.resize(grown, (unit.shape[1], unit.shape[0]), interpolation=cv2.INTER_LINEAR)
+    outside = soft <= 0.0
+    level = round(float(np.median(unit[outside])), 4) if outside.any() else None
+    return unit * soft, level
 
 
 def scale_box(box: tuple[int, int, int, int], factor: float, rows: int, cols: int
@@ -196,45 +221,49 @@ def tissue_on_right(unit: np.ndarray) -> bool:
     return float(unit[:, unit.shape[1] - half:].sum()) > float(unit[:, :half].sum())
 
 
-def out_shape(box: tuple[int, int, int, int], size: int) -> tuple[int, int]:
-    """(rows, cols) of the crop scaled so its long side is `size`, from the full-res box."""
+def out_shape(box: tuple[int, int, int, int], size: int | str | Size) -> tuple[int, int]:
+    """(rows, cols) of the crop scaled (aspect kept) to fit the canvas `size`, from the full-res box."""
+    height, width = canvas_of(size)
     h, w = box[2] - box[0], box[3] - box[1]
-    scale = size / max(h, w)
-    return max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
+    scale = min(height / h, width / w)
+    return max(1, min(height, round(h * scale))), max(1, min(width, round(w * scale)))
 
 
-def fit_and_pad(unit: np.ndarray, size: int, shape: tuple[int, int],
+def fit_and_pad(unit: np.ndarray, size: int | str | Size, shape: tuple[int, int],
                 interpolation: int | None = None) -> np.ndarray:
     """Resize to `shape` (`interpolation`, a cv2 flag; default INTER_AREA down, INTER_LINEAR
-    up) and pad with 0 to size x size: flush left, centred vertically."""
+    up) and pad with 0 to the H x W canvas `size`: flush left, centred vertically."""
+    height, width = canvas_of(size)
     oh, ow = shape
     if interpolation is None:
         shrinking = oh <= unit.shape[0] and ow <= unit.shape[1]
         interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     resized = cv2.resize(np.ascontiguousarray(unit, np.float32), (ow, oh), interpolation=interpolation)
-    out = np.zeros((size, size), np.float32)
-    top = (size - oh) // 2
+    out = np.zeros((height, width), np.float32)
+    top = (height - oh) // 2
     out[top:top + oh, :ow] = resized
     return out
 
 
-def _place(crop: np.ndarray, box: tuple[int, int, int, int], flipped: bool, size: int,
+def _place(crop: np.ndarray, box: tuple[int, int, int, int], flipped: bool, size: int | str | Size,
            interpolation: int | None = None) -> np.ndarray:
     """The layout after the crop, shared by `preprocess` and `apply_geometry`: flip, then
-    resize (aspect kept, long side `size`, from the full-res `box`) and pad."""
+    resize (aspect kept, to fit the canvas, from the full-res `box`) and pad."""
     if flipped:
         crop = crop[:, ::-1]
     return fit_and_pad(crop, size, out_shape(box, size), interpolation)
 
 
-def apply_geometry(array: np.ndarray, info: dict, size: int, *,
+def apply_geometry(array: np.ndarray, info: dict, size: int | str | Size, *,
                    interpolation: int | None = None) -> np.ndarray:
     """Place a full-resolution array in stored geometry (a lesion mask, a full decode) exactly
     where `preprocess(path, size)` placed the image: crop to info's crop box, flip when
     info["flipped"], resize with the aspect kept and pad flush left, centred vertically.
+    (The background fill is not repeated: a lesion mask lies inside the breast.)
 
-    `info` is `Preprocessed.info` or a manifest row (numbers and flags may be text).
-    `interpolation` is a cv2 flag; None resizes as preprocess does. Returns (size, size) float32.
+    `info` is `Preprocessed.info` or a manifest row (numbers and flags may be text); `size` the
+    canvas (512, "512x256", (512, 256); the manifest's `canvas` column is such text).
+    `interpolation` is a cv2 flag; None resizes as preprocess does. Returns (H, W) float32.
     Raises ValueError when info has no usable crop box or the box lies outside `array`."""
     try:
         box = tuple(int(float(info[k])) for k in CROP_KEYS)
@@ -247,7 +276,7 @@ def apply_geometry(array: np.ndarray, info: dict, size: int, *,
     flipped = info.get("flipped", False)
     if isinstance(flipped, str):  # manifest text: "1"/"0" (or "True"/"False")
         flipped = flipped.strip().lower() in ("1", "true", "yes")
-    return _place(array[box[0]:box[2], box[1]:box[3]], box, bool(flipped), int(size), interpolation)
+    return _place(array[box[0]:box[2], box[1]:box[3]], box, bool(flipped), canvas_of(size), interpolation)
 
 
 def to_uint16(unit: np.ndarray) -> np.ndarray:
