@@ -15,9 +15,12 @@ from pathlib import Path
 
 from medvit.config import Config, config_to_dict, save_config
 from medvit.train import logs, setup
-from medvit.train.checkpoint import load_checkpoint, save_checkpoint
+from medvit.canvas import size_text
+from medvit.train.checkpoint import count_parameters, load_checkpoint, save_checkpoint
+from medvit.tracking import Tracking
 from medvit.train.distributed import Dist, all_sum, barrier, init_distributed, shutdown
-from medvit.train.steps import predict_loader, train_step
+from medvit.train.objectives import build_objective
+from medvit.train.steps import train_step
 from medvit.workers import worker_context
 
 
@@ -38,7 +41,7 @@ class Counters:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False) -> None:
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, track: Tracking | None = None) -> None:
         import torch
 
         from medvit.models import backbone_kind
@@ -53,13 +56,16 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = setup.pick_device(cfg.train.device, self.dist.local_rank)
         torch.manual_seed(cfg.train.seed)
-        self.data = setup.build_data(cfg)
+        self.objective = build_objective(cfg)  # supervised, or self-supervised (`medvit pretrain`)
+        self.data = self.objective.data(cfg)
         self.binary = setup.uses_bce(cfg, self.data.num_classes)
         self.sampler = setup.build_sampler(cfg, self.data.train.labels, self.dist.rank,
                                            self.dist.world_size, self.binary)
         self.spec = setup.model_spec(cfg, self.data.num_classes, self.data.in_chans, self.binary)
         self.model = setup.build_model(cfg, self.spec).to(self.device)
-        self.optimizer = setup.build_optimizer(cfg, self.model)
+        self.init = setup.init_provenance(cfg)  # which pretraining run the weights came from, if any
+        self.net = self.objective.build(self)  # what is optimised: the model (+ the objective's parts)
+        self.optimizer = setup.build_optimizer(cfg, self.net)
         self.scheduler = setup.build_scheduler(cfg, self.optimizer, len(self.sampler))
         self.amp = setup.amp_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
@@ -68,6 +74,10 @@ class Trainer:
         self._last_save = time.perf_counter()
         self.threshold = 0.5
         self.log = logs.RunLog(self.run_dir, enabled=self.dist.main)
+        stretched = setup.aspect_note(cfg, self.ingest_size)
+        if stretched and not resume:
+            self.log.info(stretched)
+        self.track = track  # MLflow tracking (medvit.tracking), started by fit() on the main rank
         if resume:
             self._restore(load_checkpoint(self.run_dir / "checkpoints" / "last.pt"))
         self.ddp_model = self._wrap_ddp()
@@ -87,7 +97,7 @@ class Trainer:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.model, device_ids=ids)
+        return DistributedDataParallel(self.net, device_ids=ids)
 
     def _loader(self, dataset, batch_sampler=None, batch_size=None):
         import torch
@@ -127,15 +137,20 @@ class Trainer:
             "counters": dict(vars(c)),
             "threshold": self.threshold,
             "binary": self.binary,
-            "ingest_size": self.ingest_size,
+            "canvas": size_text(self.ingest_size) if self.ingest_size else None,  # what predict preprocesses to
+            "params": count_parameters(self.model),
             "data_identity": self.data_identity,
             "config": config_to_dict(self.cfg),
+            "objective": self.objective.state_dict(),
+            "init": self.init,
+            **self.objective.payload(),
         }
 
     def _restore(self, ck: dict) -> None:
         import torch
 
         self.model.load_state_dict(ck["model"])
+        self.objective.load_state_dict(ck.get("objective") or {})
         if self.ema and ck.get("ema_state"):
             self.ema.load_state_dict(ck["ema_state"])
         self.optimizer.load_state_dict(ck["optimizer"])
@@ -161,6 +176,7 @@ class Trainer:
         if self.dist.main:
             save_config(cfg, self.run_dir / "config.yaml")
             self.log.data_ids(self.data.train.ids, self.data.val.ids)
+            self.log.start_tracking(self.track, cfg, self.spec, self.data_identity)
         self.log.info(f"backbone {self.spec['name']} ({sum(p.numel() for p in self.model.parameters()):,} "
                       f"parameters) on {self.device}, {len(self.data.train)} train / {len(self.data.val)} val images")
         t0 = time.perf_counter() - c.elapsed
@@ -178,6 +194,7 @@ class Trainer:
         barrier(self.dist)
         summary = {"stop_reason": c.stop_reason, "epoch": c.epoch, "step": c.step, "best": c.best,
                    "run_dir": str(self.run_dir)}
+        self.log.end_tracking(summary)
         shutdown(self.dist)
         return summary
 
@@ -240,8 +257,6 @@ class Trainer:
                     break
 
     def _end_epoch(self, t0: float) -> None:
-        from medvit.metrics import classification_metrics
-
         c = self.c
         every = self.cfg.train.val_every
         validate = bool(every) and (c.epoch + 1) % every == 0 and len(self.data.val) > 0
@@ -252,12 +267,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         if validate:
-            ids, labels, probs, val_loss = predict_loader(
-                self, self._loader(self.data.val, batch_size=self.cfg.data.batch_size))
-            m = classification_metrics(labels, probs, loss=val_loss, n_boot=0)
-            row.update(val_loss=m["loss"], val_accuracy=m["accuracy"], val_auc=m.get("auc", m.get("auc_macro_ovr")))
-            if m.get("best_f1_threshold") is not None:  # the validation operating point predict uses
-                self.threshold = m["best_f1_threshold"]
+            row.update(self.objective.validate(self))
         row["elapsed"] = time.perf_counter() - t0
         c.train_errors.append(c.epoch_errors)
         c.epoch, c.batch, c.epoch_loss, c.epoch_errors, c.epoch_seen = c.epoch + 1, 0, 0.0, 0, 0
@@ -265,6 +275,7 @@ class Trainer:
         if validate:
             self._update_best(row)
         self.log.epoch(row)
+        self.objective.end_epoch(self, row)
         if time.perf_counter() - self._last_save >= self.cfg.train.ckpt_min_interval:
             self._save("last")  # resume is exact from any saved epoch, so skipping some only costs redone work
         flat = self.cfg.train.flat_epochs
@@ -286,6 +297,11 @@ class Trainer:
             self.log.info(f"epoch {row['epoch']}: new best {name}={value:.4f}")
 
 
-def fit(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
-    """Train (or resume) one run. Returns a small summary."""
-    return Trainer(cfg, run_dir, resume=resume).fit()
+def fit(cfg: Config, run_dir: str | Path, resume: bool = False, track: Tracking | None = None) -> dict:
+    """Train (or resume) one run; `track`: also log it to MLflow. Returns a small summary."""
+    trainer = Trainer(cfg, run_dir, resume=resume, track=track)
+    try:
+        return trainer.fit()
+    except BaseException as err:
+        trainer.log.end_tracking(None, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise

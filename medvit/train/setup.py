@@ -21,8 +21,8 @@ class DataBundle:
 NATIVE_SIZES = {"cifar10": 32, "mnist": 28}
 
 
-def ingest_size_of(cfg: Config) -> int | None:
-    """The side the training mammograms were ingested at (None for CIFAR-10 / MNIST)."""
+def ingest_size_of(cfg: Config) -> tuple[int, int] | None:
+    """The canvas (H, W) the training mammograms were ingested at (None for CIFAR-10 / MNIST)."""
     if cfg.data.kind != "mammo":
         return None
     from medvit.ingest import ingest_size
@@ -67,15 +67,33 @@ def data_identity(cfg: Config) -> dict:
     return ident
 
 
-def resolve_sizes(cfg: Config, ingest_size: int | None) -> Config:
-    """A copy of `cfg` with data.image_size set: as given, else the data's own size
-    (`ingest_size` for mammograms, 32 for CIFAR-10, 28 for MNIST). The run saves this copy."""
+def resolve_sizes(cfg: Config, ingest_size: tuple[int, int] | None) -> Config:
+    """A copy of `cfg` with data.image_size set: as given, else the data's own canvas
+    (`ingest_size` for mammograms, 32 for CIFAR-10, 28 for MNIST); a square as its side, else
+    "HxW". The run saves this copy."""
     import copy
 
+    from medvit.canvas import compact, size_text
+
     cfg = copy.deepcopy(cfg)
-    if cfg.data.image_size is None:
-        cfg.data.image_size = ingest_size or NATIVE_SIZES.get(cfg.data.kind, 32)
+    size = cfg.data.image_size or ingest_size or NATIVE_SIZES.get(cfg.data.kind, 32)
+    size = compact(size)
+    cfg.data.image_size = size if isinstance(size, int) else size_text(size)
     return cfg
+
+
+def aspect_note(cfg: Config, ingest_size: tuple[int, int] | None) -> str | None:
+    """A warning line when the model canvas has another aspect than the ingest canvas (a square
+    `--image-size 256` on a 512x256 ingest stretches every image by 2x), else None."""
+    from medvit.canvas import parse_size, size_text
+
+    if not ingest_size:
+        return None
+    (h, w), (ih, iw) = parse_size(cfg.data.image_size), parse_size(ingest_size)
+    if abs(h / w - ih / iw) <= 0.05 * ih / iw:
+        return None
+    return (f"note: data.image_size {size_text((h, w))} has another aspect than the ingest canvas "
+            f"{size_text((ih, iw))}: images are stretched (e.g. --image-size {size_text((h, h * iw // ih))} keeps it)")
 
 
 def build_data(cfg: Config) -> DataBundle:
@@ -135,13 +153,14 @@ def build_sampler(cfg: Config, labels, rank: int, world: int, binary: bool):
 
 def model_spec(cfg: Config, num_classes: int, in_chans: int, binary: bool) -> dict:
     """What create_backbone needs; saved in every checkpoint so predict/evaluate rebuild the model."""
+    from medvit.canvas import compact
     from medvit.models import backbone_kind
 
     m = cfg.model
     kwargs: dict = {
         "num_classes": 1 if binary else num_classes,
         "in_chans": in_chans,
-        "img_size": cfg.data.image_size,
+        "img_size": compact(cfg.data.image_size),  # a side, or (H, W)
         **m.kwargs,
     }
     if m.drop_rate is not None:
@@ -158,8 +177,52 @@ def build_model(cfg: Config, spec: dict):
     if cfg.model.pretrained:
         extra["pretrained"] = True
     if cfg.model.weights:
-        extra["weights"] = cfg.model.weights
-    return create_backbone(spec["name"], **spec["kwargs"], **extra)
+        extra["weights"] = init_weights_file(cfg.model.weights)
+    model = create_backbone(spec["name"], **spec["kwargs"], **extra)
+    if cfg.train.freeze_backbone:
+        freeze_backbone(model)
+    return model
+
+
+def init_weights_file(weights: str):
+    """model.weights as a file: a run folder (`medvit pretrain` / `train` output) means its last.pt."""
+    from pathlib import Path
+
+    from medvit.train.checkpoint import resolve_checkpoint
+
+    return resolve_checkpoint(weights, "last") if Path(weights).is_dir() else weights
+
+
+def init_provenance(cfg: Config) -> dict | None:
+    """Where the starting weights came from: {"weights": file, plus the `pretrain` record of a
+    `medvit pretrain` run (method, images, ...)}; None when training from scratch."""
+    if not cfg.model.weights:
+        return {"pretrained": "imagenet (timm)"} if cfg.model.pretrained else None
+    from medvit.train.checkpoint import load_checkpoint
+
+    path = init_weights_file(cfg.model.weights)
+    record: dict = {"weights": str(path)}
+    if str(path).endswith(".pt"):
+        try:
+            record.update(load_checkpoint(path, mmap=True).get("pretrain") or {})
+        except Exception:  # a foreign state dict: create_backbone has read it, so it is a state dict
+            pass
+    return record
+
+
+def freeze_backbone(model) -> None:
+    """Linear probe: only the classifier trains; BatchNorm running statistics stay as loaded
+    (momentum 0), so the frozen features are those of the pretrained network."""
+    import torch
+
+    from medvit.models.registry import _classifier_prefix
+
+    head = _classifier_prefix(model) + "."
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(head))
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.0
 
 
 def build_optimizer(cfg: Config, model):
@@ -175,11 +238,30 @@ def build_optimizer(cfg: Config, model):
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if o.layer_decay:
+        groups = layer_decay_groups(model, o.weight_decay, o.layer_decay, lr)
     if o.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=o.momentum)
     raise ConfigError(f"optim.name {o.name!r}: valid: adamw, sgd")
+
+
+def layer_decay_groups(model, weight_decay: float, layer_decay: float, lr: float) -> list[dict]:
+    """timm's layer-wise lr decay (MAE / BEiT fine-tuning): block i of n gets lr * decay**(n - i);
+    each group's lr is set here, so the schedule scales it like any other."""
+    from medvit._compat import import_timm
+
+    import_timm()
+    from timm.optim import param_groups_layer_decay
+
+    if not 0 < layer_decay <= 1:
+        raise ConfigError(f"optim.layer_decay {layer_decay}: a factor in (0, 1], e.g. 0.75; 0 = off")
+    groups = param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay)
+    for g in groups:
+        g["lr"] = lr * g.pop("lr_scale", 1.0)
+        g.pop("param_names", None)
+    return groups
 
 
 def lr_factor(cfg: Config, step: int, steps_per_epoch: int, total_steps: int) -> float:
