@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
 	# keep that torch: a newer torchvision (via timm) would otherwise "upgrade" it to a CUDA build
 	$(BIN)/pip freeze | grep -i '^torch[=@ ]' > $(VENV)/torch-constraint.txt
-	$(BIN)/pip install -q -c $(VENV)/torch-constraint.txt -e '.[dev]'
+	$(BIN)/pip install -q -c $(VENV)/torch-constraint.txt -e '.[dev,tracking]'
 	touch $@
 
 demo: install

@@ -283,6 +283,9 @@ def evaluate(run_dir, *, which: str = "best", fold: int | None = None,
     write_text(out / "predictions.csv", frame.to_csv(index=False))
     write_text(out / "metrics.json", json.dumps(report, indent=2) + "\n")
     report["out"] = str(out)
+    from medvit.tracking import log_evaluation  # on the run's MLflow run, when it has one (RUN_DIR/mlflow.json)
+
+    log_evaluation(run_dir, report, out, step=int(run.ckpt.get("counters", {}).get("step", 0)))
     return report
 
 

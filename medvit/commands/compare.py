@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from medvit import tracking
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -29,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--batch-size", type=int, help="default: each run's data.batch_size")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    tracking.add_flags(p, checkpoints=False)  # --track alone: the store the compared runs share, else beside OUT
     p.set_defaults(func=run)
 
 
@@ -37,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     from medvit.compare.report import compare
 
+    track = tracking.from_args(args)  # first: `--track RUN_A RUN_B` hands RUN_A back
     result = compare(args.runs, args.out, which=args.checkpoint, split=args.split, n_boot=args.n_boot,
                      seed=args.seed, device=args.device, gallery=args.gallery, masks=args.masks,
                      batch_size=args.batch_size, workers=args.workers)
@@ -47,4 +51,6 @@ def run(args: argparse.Namespace) -> int:
             metric = f"accuracy {r['accuracy']:.3f}"
         print(f"  {r['name']} ({r['backbone']}): {metric}  Brier {r['brier']:.3f}  ECE {r['ece']:.3f}")
     print(f"wrote {Path(args.out) / 'index.html'}")
+    if track is not None:
+        print(f"MLflow run {tracking.log_compare(track, args.out, result)}")
     return 0

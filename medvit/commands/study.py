@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medvit import tracking
+
 # flag -> dotted key; applied before the positional key=value overrides
 FLAGS = {"dataset": "data.kind", "data": "data.dir", "seeds": "study.seeds", "epochs": "train.epochs",
          "max_wall": "train.max_wall"}
@@ -31,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wall", type=float, metavar="SECONDS", help="wall-clock limit of each run's training")
     p.add_argument("--address", metavar="RAY_ADDRESS", help="join this Ray cluster (default: start a local Ray)")
     p.add_argument("--redraw", action="store_true", help="only rebuild table, plots and fit.json from OUT/results.csv")
+    tracking.add_flags(p)
     p.set_defaults(func=run)
 
 
@@ -49,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from medvit.errors import ConfigError
     from medvit.studies.grid import STUDIES
 
+    track = tracking.from_args(args)  # first: `--track NAME` hands NAME back
     if args.list:
         width = max(len(n) for n in STUDIES)
         print("\n".join(f"{n:<{width}}  {s.summary}" for n, s in STUDIES.items()))
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from medvit.studies import redraw, run_study
 
     summary = redraw(out) if args.redraw else run_study(args.name, out, args.config, overrides_from(args),
-                                                        address=args.address)
+                                                        address=args.address, track=track)
     fit = summary.get("fit") or {}
     for arm, f in fit.items():
         if "alpha" in f and f["alpha"] is not None:

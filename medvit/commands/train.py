@@ -5,6 +5,8 @@ import argparse
 import time
 from pathlib import Path
 
+from medvit import tracking
+
 # flag -> dotted config key; flags are applied as overrides before the positional key=value ones
 FLAGS = {
     "data": "data.dir", "backbone": "model.backbone", "patch": "model.patch_size",
@@ -44,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="start from a state dict on disk (3->1 channel stem adapted)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
     p.add_argument("--list", action="store_true", help="list the registered backbones and exit")
+    tracking.add_flags(p)
     p.set_defaults(func=run)
 
 
@@ -71,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
         print("\n".join(list_backbones()))
         return 0
+    track = tracking.from_args(args)  # before build_config: a key=value after a bare --track is an override
     cfg = build_config(args)
     if args.print_config:
         import yaml
@@ -83,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.resume or cfg.train.out or _default_run_dir(cfg))
     cfg.train.out = str(run_dir)
-    summary = fit(cfg, run_dir, resume=bool(args.resume))
+    summary = fit(cfg, run_dir, resume=bool(args.resume), track=track)
     print(f"run: {summary['run_dir']}  stopped: {summary['stop_reason']}  best {cfg.train.monitor}: {summary['best']}")
     return 0
 

@@ -47,8 +47,9 @@ def write_results(out: Path, rows: list[dict], configs: dict[str, dict]) -> Path
 
 
 def run_study(name: str, out: str | Path, config: str | Path | None = None, overrides: Sequence[str] = (),
-              address: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or finish) study `name` into `out`; returns redraw()'s summary plus the rows."""
+              address: str | None = None, log: Callable[[str], None] = print, track: Any = None) -> dict[str, Any]:
+    """Run (or finish) study `name` into `out`; returns redraw()'s summary plus the rows. `track`
+    (a medvit.tracking.Tracking): a parent MLflow run for the study, a child for each grid run."""
     import yaml
 
     from medvit.io import write_text
@@ -61,13 +62,17 @@ def run_study(name: str, out: str | Path, config: str | Path | None = None, over
                                                    "runs": len(runs)}, sort_keys=False))
     configs = {r.run_id: r.config for r in runs}
     from medvit.studies.runner import run_grid
+    from medvit.tracking import finish_study, start_study
 
-    rows = run_grid(runs, settings, address, on_row=lambda rs: write_results(out, rs, configs), log=log)
+    parent, child = start_study(track, out, name, vars(settings))  # (None, None) without tracking
+    rows = run_grid(runs, settings, address, on_row=lambda rs: write_results(out, rs, configs), log=log,
+                    track=child)
     write_results(out, rows, configs)
     import pandas as pd
 
     curves = collect_curves(pd.DataFrame(rows))
     write_text(out / CURVES, curves.to_csv(index=False))
     summary = redraw(out)
+    finish_study(parent, out, rows)
     summary["rows"] = rows
     return summary

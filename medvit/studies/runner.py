@@ -60,6 +60,7 @@ def _train_and_score(run: dict, run_dir: Path) -> dict:
     from medvit.config import config_from_dict
     from medvit.evaluate import evaluate
     from medvit.runs import load_run
+    from medvit.tracking import child_tracking
     from medvit.train import fit
 
     torch.set_num_threads(max(1, int(run["threads"])))
@@ -70,7 +71,7 @@ def _train_and_score(run: dict, run_dir: Path) -> dict:
     else:
         resume = (run_dir / "checkpoints" / "last.pt").is_file()  # interrupted: the trainer's exact resume
         t = time.perf_counter()
-        summary = fit(cfg, run_dir, resume=resume)
+        summary = fit(cfg, run_dir, resume=resume, track=child_tracking(run))  # MLflow: a child of the study's run
         summary["fit_wall_s"] = time.perf_counter() - t
         summary["resumed"] = resume
         write_text(trained, json.dumps(summary, indent=1) + "\n")
@@ -141,16 +142,19 @@ def _resources(ray, s: StudySettings) -> tuple[float, float]:
     return float(s.cpus_per_run), float(gpus)
 
 
-def payload(run: RunSpec, s: StudySettings) -> dict:
+def payload(run: RunSpec, s: StudySettings, track: dict | None = None) -> dict:
     return {"study": run.study, "arm": run.arm, "group": run.group, "axis": run.axis, "point": run.point,
             "noise": run.noise,
             "seed": run.seed, "run_id": run.run_id, "config": run.config, "checkpoint": s.checkpoint,
-            "n_boot": s.n_boot, "threads": max(1, int(s.cpus_per_run))}
+            "n_boot": s.n_boot, "threads": max(1, int(s.cpus_per_run)),
+            "track": track}  # MLflow URI + the study's parent run id (medvit.tracking.start_study), or None
 
 
 def run_grid(runs: list[RunSpec], s: StudySettings, address: str | None = None,
-             on_row: Callable[[list[dict]], None] | None = None, log: Callable[[str], None] = print) -> list[dict]:
-    """Execute the runs not done yet on Ray; rows in grid order (done runs read from their marker)."""
+             on_row: Callable[[list[dict]], None] | None = None, log: Callable[[str], None] = print,
+             track: dict | None = None) -> list[dict]:
+    """Execute the runs not done yet on Ray; rows in grid order (done runs read from their marker).
+    `track`: each run's MLflow tracking (see `payload`)."""
     rows: dict[str, dict] = {}
     for run in runs:
         done = run.run_dir / RESULT
@@ -166,7 +170,7 @@ def run_grid(runs: list[RunSpec], s: StudySettings, address: str | None = None,
         # max_calls=0: reuse workers for GPU tasks too (Ray's default for GPU tasks is a fresh
         # process per task, seconds of torch/CUDA start-up per run); execute_run frees the cache.
         task = ray.remote(max_calls=0)(execute_run).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
-        pending = {task.remote(payload(r, s)): r for r in todo}
+        pending = {task.remote(payload(r, s, track)): r for r in todo}
         t0 = time.perf_counter()
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

@@ -17,6 +17,7 @@ EPOCH_COLUMNS = ["epoch", "step", "train_loss", "train_error", "val_loss", "val_
 class RunLog:
     def __init__(self, run_dir: Path, enabled: bool = True) -> None:
         self.dir, self.enabled = Path(run_dir), enabled
+        self.tracker = None  # a medvit.tracking.Tracker (main rank, when tracking): step/epoch rows go to it too
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
 
@@ -32,15 +33,35 @@ class RunLog:
             w.writerow({k: _fmt(row.get(k)) for k in columns})
 
     def step(self, step: int, epoch: int, loss: float, lr: float, rate: float) -> None:
-        self._append("metrics_step.csv", STEP_COLUMNS,
-                     {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": rate})
+        row = {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": rate}
+        self._append("metrics_step.csv", STEP_COLUMNS, row)
+        if self.tracker:
+            self.tracker.metrics(row, step)
 
     def epoch(self, row: dict) -> None:
         self._append("metrics_epoch.csv", EPOCH_COLUMNS, row)
+        if self.tracker:  # at the optimizer step, as the step rows; lr is already a step curve
+            self.tracker.metrics({k: v for k, v in row.items() if k != "lr"}, row["step"])
+            self.tracker.flush()
         val = ("" if row.get("val_loss") is None else
                " val_loss {:.4f} val_accuracy {:.4f} val_auc {}".format(row["val_loss"], row["val_accuracy"],
                                                                         _fmt(row.get("val_auc"))))
         self.info("epoch {epoch}: train_loss {train_loss:.4f} train_error {train_error:.4f}".format(**row) + val)
+
+    def start_tracking(self, track, cfg, spec: dict, data_identity: dict) -> None:
+        """Open (or, on resume, reopen) the run's MLflow run when `track` (a medvit.tracking.Tracking)."""
+        if self.enabled and track is not None:
+            from medvit.tracking import start_training
+
+            self.tracker = start_training(track, self.dir, cfg, spec, data_identity)
+
+    def end_tracking(self, summary: dict | None, status: str = "FINISHED") -> None:
+        """The run's files to MLflow and its end status (FAILED / KILLED from a failed fit)."""
+        if self.tracker:
+            from medvit.tracking import finish_training
+
+            tracker, self.tracker = self.tracker, None
+            finish_training(tracker, self.dir, summary, status)
 
     def data_ids(self, train_ids: list, val_ids: list) -> None:
         """RUN_DIR/data_ids.csv: every image id the run trained on (role train) or chose its
