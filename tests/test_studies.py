@@ -322,3 +322,15 @@ def test_cli_lists_studies_and_takes_flags_and_overrides_intermixed(capsys, tmp_
                                     "train.max_steps=5"]
     assert main(["study", "nope"]) == 2
     assert "unknown study 'nope'" in capsys.readouterr().err
+
+
+def test_seed_documents_are_named_by_title_not_by_a_folder():
+    import re
+
+    import medvit.models.seeds
+    import medvit.studies
+
+    for module in (medvit.studies, medvit.models.seeds):
+        doc = " ".join(module.__doc__.split())
+        assert "Comparative analysis of structure and performance" in doc, module.__name__
+        assert not re.search(r"(^|[\s(`])(\.\.)?/?\w+/seeds/|(^|[\s(`])/\w+/", doc), module.__name__  # no folder path

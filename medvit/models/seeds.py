@@ -1,4 +1,11 @@
-"""The models of the seed studies (/work/shared/seeds/), written to their documents.
+"""The models of the seed studies, written to their documents (cited below by number):
+
+- 000: "Comparative analysis of structure and performance of Convolutional Neural Networks and
+  Vision Transformers" (basic_cnn, basic_vit);
+- 002: "Exploration of Vision Transformers and CNNs: In-Depth Structural and Cost Analysis, Model
+  Performance, and Applications in Biomedical Images" (baseline_cnn);
+- 003: "Vision Transformers", slides comparing a ViT with a VGG-like CNN on CIFAR-10 (vit_cifar,
+  vgg_cifar).
 
 The documents train at 32×32. The CNNs' flattening heads were sized for that: here an
 `AdaptiveAvgPool2d(4)` sits before the flatten. At 32×32 it is the identity (the last feature

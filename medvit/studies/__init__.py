@@ -1,4 +1,9 @@
-"""The seed studies (/work/shared/seeds/) as grids of training runs on Ray.
+"""The seed studies as grids of training runs on Ray. The seed documents: 000 "Comparative analysis
+of structure and performance of Convolutional Neural Networks and Vision Transformers"; 001 "Are
+Visual Transformers Better Than CNNs"; 002 "Exploration of Vision Transformers and CNNs: In-Depth
+Structural and Cost Analysis, Model Performance, and Applications in Biomedical Images"; 003 "Vision
+Transformers" (slides); 004 "Comparative Analysis between Vision Transformers and CNNs from the
+View of Neuroscience".
 
     run_study("learning-curve", out="lc", overrides=["study.seeds=2"])  # -> lc/results.csv, table.md, *.png, fit.json
     redraw("lc")                                                         # tables, plots, fits from results.csv
