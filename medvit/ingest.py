@@ -11,8 +11,8 @@ Resume and atomicity:
 - each finished file is appended (one self-contained JSON line, flushed) to
   `DIR/.ingest-journal.jsonl`; a torn or unreadable line is ignored.
 - a rerun skips a file whose journal record has the same relative path, size, mtime_ns, image_id
-  and settings key (`size=512;v=4`, v being `medvit.dicom.normalize.VERSION`) and, when ok, whose
-  `.npy` still exists. Unchanged error rows are skipped too (decoding the same bytes fails the
+  and settings key (`size=512x256;v=5`: the canvas H x W and `medvit.dicom.normalize.VERSION`;
+  an old key `size=512` reads as 512x512) and, when ok, whose `.npy` still exists. Unchanged error rows are skipped too (decoding the same bytes fails the
   same way) except reasons `internal` and `worker_crash`, which may be transient and are retried.
 - `.npy` files and every output file are written through `medvit.io.atomic_path` (a temp name
   in the same folder, then renamed); leftover temp files from a killed run are removed at the
@@ -39,6 +39,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from medvit.canvas import Size, parse_size, size_text
 from medvit.dicom import DEFAULT_SIZE  # `medvit ingest --size`
 from medvit.errors import ConfigError, MedvitError
 from medvit.ingest_workers import run_pool, run_serial
@@ -46,45 +47,66 @@ from medvit.io import write_text
 from medvit.manifest import (  # noqa: F401 (re-exported: medvit.ingest.* is the public face)
     DICOM_SUFFIXES, INFO_COLUMNS, JOURNAL_NAME, MANIFEST_COLUMNS, RETRIED_REASONS, Journal,
     assign_folds, assign_image_ids, assign_test_split, build_rows, image_stem, labels_without_file, load_labels,
-    read_journal, read_manifest, reusable, write_csv,
+    read_journal, read_manifest, reusable, settings_canvas, write_csv,
 )
 from medvit.privacy import PatientIds, patient_ids
+from medvit.workers import usable_cores
 
 DEFAULT_DATA_DIR = "medvit-data"
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (a container's or taskset's share, not the host's)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
-def settings_key(size: int) -> str:
-    """What a cached .npy depends on besides the source file: the size and the preprocessing
-    version (`medvit.dicom.normalize.VERSION`, imported here to keep `import medvit.ingest` light).
-    `--any-modality` is not part of it: toggling it redoes only the files it decides
-    (`medvit.manifest.reusable`), not every mammogram."""
+INGEST_JSON = "ingest.json"
+
+
+def settings_key(size: int | str | Size) -> str:
+    """What a cached .npy depends on besides the source file: the canvas ("size=512x256") and
+    the preprocessing version (`medvit.dicom.normalize.VERSION`, imported here to keep
+    `import medvit.ingest` light). `--any-modality` is not part of it: toggling it redoes only
+    the files it decides (`medvit.manifest.reusable`), not every mammogram."""
     from medvit.dicom.normalize import VERSION
 
-    return f"size={size};v={VERSION}"
+    return f"size={size_text(size)};v={VERSION}"
 
 
-def ingest_size(data_dir: str | Path | None) -> int:
-    """The side `ingest` used for DATA_DIR (the manifest's `settings` column, `settings_key`'s
-    "size=512;v=4"), so new DICOMs are preprocessed as the training images were; DEFAULT_SIZE
-    (the `--size` default) when unknown. The manifest is read by the one reader, `read_manifest`."""
+def ingest_size(data_dir: str | Path | None) -> Size:
+    """The canvas (H, W) `ingest` used for DATA_DIR (the manifest's `settings` column,
+    `settings_key`'s "size=512x256;v=5"; an old "size=512" is (512, 512)), so new DICOMs are
+    preprocessed as the training images were; (DEFAULT_SIZE, DEFAULT_SIZE) when unknown. The
+    manifest is read by the one reader, `read_manifest`."""
+    default = (DEFAULT_SIZE, DEFAULT_SIZE)
     if not data_dir or not (Path(data_dir) / "manifest.csv").is_file():
-        return DEFAULT_SIZE
+        return default
     try:
         settings = read_manifest(data_dir, columns=["settings"])["settings"]
     except MedvitError:
-        return DEFAULT_SIZE
+        return default
     for key in settings.dropna().astype(str).head(1):  # every row carries the same key
-        for part in key.split(";"):
-            if part.startswith("size=") and part[5:].isdigit():
-                return int(part[5:])
-    return DEFAULT_SIZE
+        return settings_canvas(key) or default
+    return default
+
+
+def ingest_settings(data_dir: str | Path | None) -> dict:
+    """The settings `medvit ingest` recorded in DATA_DIR/ingest.json (src, labels, label_column,
+    folds, seed, test_share, settings_key, canvas, ...): the one reader of that file. `canvas`
+    is always "HxW" text (files from before it have `size`: 512 -> "512x512"). {} when DATA_DIR
+    has no ingest.json; MedvitError naming the file when it cannot be read."""
+    if not data_dir:
+        return {}
+    path = Path(data_dir) / INGEST_JSON
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8")).get("settings") or {}
+        if not isinstance(settings, dict):
+            raise ValueError("'settings' is not a mapping")
+        if not settings.get("canvas") and settings.get("size") is not None:
+            settings["canvas"] = size_text(settings["size"])
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
+        raise MedvitError(f"{path}: cannot read the ingest settings ({type(err).__name__}: {err}); "
+                          "re-run `medvit ingest`") from None
+    return settings
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -148,7 +170,7 @@ def ingest(
     out: str | Path = DEFAULT_DATA_DIR,
     labels: str | Path | None = None,
     label_column: str = "cancer",
-    size: int = DEFAULT_SIZE,
+    size: int | str | Size = DEFAULT_SIZE,
     workers: int | None = None,
     folds: int = 4,
     seed: int = 0,
@@ -163,12 +185,14 @@ def ingest(
     """Ingest every file under `src` into `out`; return the summary (also saved in ingest.json).
 
     labels: a CSV with image_id + `label_column` (default `src/train.csv` when present).
+    size: the canvas, 512 (a square), "512x256" or (512, 256): every image is H x W.
     test_share: share of the labelled patients held out as the test split (0: none); folds are
         drawn over the rest. Patient-grouped, stratified by patient label, seeded by `seed`.
     workers: processes (default: the usable cores); 1 runs in this process.
     progress: tqdm bar on a terminal, plain lines otherwise (`medvit.progress`); False: neither.
     preprocess: replaces medvit.dicom.normalize.preprocess (tests); it must be a module-level
-        function `(path, size, *, any_modality) -> Preprocessed` so worker processes can import it.
+        function `(path, size, *, any_modality) -> Preprocessed` (size: the (H, W) tuple) so
+        worker processes can import it.
     any_modality: accept files whose Modality is not MG (else error rows `not_mammogram`).
     id_key / raw_patient_ids: patient IDs not from the labels CSV leave as keyed pseudonyms
         (`medvit.privacy`), raw only with raw_patient_ids.
@@ -180,8 +204,10 @@ def ingest(
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise MedvitError(f"{src}: not a folder; pass the folder holding the DICOM files")
-    if size < 8:
-        raise ConfigError(f"--size {size}: must be at least 8")
+    try:
+        canvas = parse_size(size, "--size")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if (workers is not None and workers < 1) or folds < 1:
         raise ConfigError(f"--workers {workers} / --folds {folds}: both must be at least 1")
     if not 0.0 <= test_share < 1.0:
@@ -203,7 +229,7 @@ def ingest(
     ids = assign_image_ids(rels)
 
     journal_path = out / JOURNAL_NAME
-    todo, done = _plan(src, out, rels, ids, size, read_journal(journal_path), any_modality, ids_policy.mode)
+    todo, done = _plan(src, out, rels, ids, canvas, read_journal(journal_path), any_modality, ids_policy.mode)
     _process_all(todo, workers, done, journal_path, progress, preprocess, ids_policy)
 
     rows = build_rows(rels, done, src, label_table, ids_policy)
@@ -218,15 +244,15 @@ def ingest(
     # Compact the journal to one line per current file, in path order.
     write_text(journal_path, "".join(json.dumps(done[r], sort_keys=True) + "\n" for r in rels))
     settings = {"src": str(src), "out": str(out), "labels": str(labels_path) if labels_path else None,
-                "label_column": label_column, "size": size, "workers": workers, "folds": folds,
-                "seed": seed, "test_share": test_share, "settings_key": settings_key(size), "preprocess_version": VERSION,
+                "label_column": label_column, "canvas": size_text(canvas), "workers": workers, "folds": folds,
+                "seed": seed, "test_share": test_share, "settings_key": settings_key(canvas), "preprocess_version": VERSION,
                 "any_modality": any_modality, "patient_ids": "raw" if raw_patient_ids else "hmac"}
-    text = json.dumps({"settings": settings, "summary": summary}, indent=2, sort_keys=True)
-    write_text(out / "ingest.json", text + "\n")
+    record = {"canvas": size_text(canvas), "settings": settings, "summary": summary}
+    write_text(out / INGEST_JSON, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return summary
 
 
-def _plan(src: Path, out: Path, rels: list[str], ids: dict[str, str], size: int, journal: dict[str, dict],
+def _plan(src: Path, out: Path, rels: list[str], ids: dict[str, str], size: Size, journal: dict[str, dict],
           any_modality: bool = False, id_mode: str = "raw") -> tuple[list[dict], dict[str, dict]]:
     """Split the files into tasks to run and journal records still valid (resume)."""
     key = settings_key(size)
@@ -235,7 +261,7 @@ def _plan(src: Path, out: Path, rels: list[str], ids: dict[str, str], size: int,
     for rel in rels:
         st = os.stat(src / rel)
         cache = f"images/{ids[rel]}.npy"
-        task = {"path": rel, "abs": str(src / rel), "image_id": ids[rel], "size": size,
+        task = {"path": rel, "abs": str(src / rel), "image_id": ids[rel], "size": size, "canvas": size_text(size),
                 "cache": cache, "cache_abs": str(out / cache),
                 "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns, "settings": key,
                 "any_modality": any_modality, "ids": id_mode}

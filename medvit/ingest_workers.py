@@ -14,12 +14,14 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
+from medvit.canvas import parse_size
 from medvit.errors import DicomError, MedvitError, shorten
 from medvit.io import save_npy
 from medvit.manifest import INFO_COLUMNS
 
 _INFO_KEYS = set(INFO_COLUMNS) | {"patient_id", "laterality", "laterality_source", "view"}
-_TASK_KEYS = ("path", "image_id", "source_size", "source_mtime_ns", "settings", "ids", "any_modality")  # echoed in records
+_TASK_KEYS = ("path", "image_id", "source_size", "source_mtime_ns", "settings", "canvas", "ids",
+              "any_modality")  # echoed in records
 
 
 def _exit_with(parent: int) -> None:
@@ -53,7 +55,7 @@ def _init_worker(parent: int | None = None) -> None:
         pass
 
 
-def _default_preprocess(path: str, size: int, *, any_modality: bool = False) -> Any:
+def _default_preprocess(path: str, size: tuple[int, int], *, any_modality: bool = False) -> Any:
     from medvit.dicom.normalize import preprocess
 
     return preprocess(path, size=size, any_modality=any_modality)
@@ -62,8 +64,8 @@ def _default_preprocess(path: str, size: int, *, any_modality: bool = False) -> 
 def process_one(task: dict, preprocess: Callable | None = None) -> dict:
     """Preprocess one file, write its .npy, return its journal record. Never raises on bad input.
 
-    `task`: path (relative), abs, cache (relative to DIR), cache_abs, image_id, size, source_size,
-    source_mtime_ns, settings, any_modality, ids (the patient-ID mode; the parent pseudonymises
+    `task`: path (relative), abs, cache (relative to DIR), cache_abs, image_id, size (the canvas
+    (H, W)), canvas ("HxW"), source_size, source_mtime_ns, settings, any_modality, ids (the patient-ID mode; the parent pseudonymises
     the record's patient_id before it is journaled). Unexpected exceptions become reason
     `internal` (type name only: exception messages can quote header values).
     """
@@ -76,7 +78,7 @@ def process_one(task: dict, preprocess: Callable | None = None) -> dict:
         with quiet_pydicom():
             out = fn(task["abs"], task["size"], any_modality=bool(task.get("any_modality")))
         image = out.image
-        if image.shape != (task["size"], task["size"]) or image.dtype != np.uint16:
+        if image.shape != tuple(parse_size(task["size"])) or image.dtype != np.uint16:
             raise ValueError("preprocess returned a wrong shape or dtype")
         save_npy(Path(task["cache_abs"]), image)
     except DicomError as err:

@@ -32,12 +32,16 @@ RETRIED_REASONS = {"internal", "worker_crash"}
 # Fields of Preprocessed.info copied to the manifest (a whitelist: nothing else can leak).
 INFO_COLUMNS = [
     "modality", "rows", "columns", "bits_stored", "photometric", "transfer_syntax", "voi", "lut_fallback",
-    "crop_y0", "crop_x0", "crop_y1", "crop_x1", "flipped", "reduce", "decoder",
+    "crop_y0", "crop_x0", "crop_y1", "crop_x1", "flipped", "reduce", "decoder", "background_level",
 ]
 MANIFEST_COLUMNS = [
     "image_id", "patient_id", "patient_id_source", "laterality", "laterality_source", "view", "label", "fold", "split", "status", "reason", "error",
-    "path", "cache", *INFO_COLUMNS, "source_size", "source_mtime_ns", "settings",
+    "path", "cache", "canvas", *INFO_COLUMNS, "source_size", "source_mtime_ns", "settings",
 ]
+# Text columns read as str, so that an all-empty one is not a float column of NaN.
+TEXT_COLUMNS = ("image_id", "patient_id", "patient_id_source", "laterality", "laterality_source", "view",
+                "split", "status", "reason", "error", "path", "cache", "canvas", "modality", "photometric",
+                "transfer_syntax", "voi", "lut_fallback", "decoder", "settings")
 
 
 # ----------------------------------------------------------------------------- ids and labels
@@ -140,13 +144,39 @@ def _last_byte(path: Path) -> bytes:
         return f.read(1)
 
 
+def settings_canvas(key: str) -> tuple[int, int] | None:
+    """The canvas (H, W) in a settings key: "size=512x256;v=5" -> (512, 256); an old
+    "size=512;v=4" -> (512, 512); None without a readable size."""
+    from medvit.canvas import parse_size
+
+    for part in str(key).split(";"):
+        if part.startswith("size="):
+            try:
+                return parse_size(part[5:])
+            except ValueError:
+                return None
+    return None
+
+
+def _canonical_settings(key: str) -> list[str]:
+    """A settings key's parts with the size as "HxW" (an old "size=512" is "size=512x512")."""
+    canvas = settings_canvas(key)
+    return [f"size={canvas[0]}x{canvas[1]}" if p.startswith("size=") and canvas else p for p in key.split(";")]
+
+
+def _same_settings(old: str | None, new: str) -> bool:
+    """Settings keys equal, reading an old "size=512" as "size=512x512"."""
+    if old == new or not old:
+        return old == new
+    return _canonical_settings(str(old)) == _canonical_settings(new)
+
+
 def reusable(record: dict | None, task: dict, out: Path) -> bool:
     """True when the journal record still holds for this task (resume skips the file)."""
     if not record:
         return False
-    same = all(record.get(k) == task[k] for k in
-               ("image_id", "source_size", "source_mtime_ns", "settings", "ids"))
-    if not same or _modality_decision_changed(record, task):
+    same = all(record.get(k) == task[k] for k in ("image_id", "source_size", "source_mtime_ns", "ids"))
+    if not same or not _same_settings(record.get("settings"), task["settings"]) or _modality_decision_changed(record, task):
         return False
     if record.get("status") == "ok":
         return (out / record.get("cache", "")).is_file()
@@ -161,8 +191,10 @@ def _modality_decision_changed(record: dict, task: dict) -> bool:
         return False
     if record.get("reason") == "not_mammogram":
         return True
+    from medvit.dicom.read import accepted_only_with_any_modality
+
     modality = (record.get("info") or {}).get("modality", "")
-    return record.get("status") == "ok" and modality not in ("", "MG")
+    return record.get("status") == "ok" and accepted_only_with_any_modality(str(modality or ""))
 
 
 def _label_number(text: str) -> float:
@@ -188,7 +220,7 @@ def read_manifest(data_dir: str | Path, columns: list[str] | None = None) -> "pd
     if not path.is_file():
         raise MedvitError(f"{path}: manifest not found; run `medvit ingest` to create DATA_DIR first")
     try:
-        frame = pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "cache": str, "settings": str},
+        frame = pd.read_csv(path, dtype=dict.fromkeys(TEXT_COLUMNS, str),
                             usecols=(lambda c: c in columns) if columns else None)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise MedvitError(f"{path}: not a readable CSV ({e})") from e
@@ -250,6 +282,7 @@ def build_rows(rels: list[str], records: dict[str, dict], src: Path,
             "error": rec.get("error", ""),
             "path": rel,
             "cache": rec.get("cache", ""),
+            "canvas": rec.get("canvas") or _canvas_text(rec.get("settings", "")),
             "source_size": rec["source_size"],
             "source_mtime_ns": rec["source_mtime_ns"],
             "settings": rec["settings"],
@@ -257,6 +290,11 @@ def build_rows(rels: list[str], records: dict[str, dict], src: Path,
         row.update({k: _fmt(info.get(k)) for k in INFO_COLUMNS})
         rows.append(row)
     return rows
+
+
+def _canvas_text(key: str) -> str:
+    canvas = settings_canvas(key)
+    return f"{canvas[0]}x{canvas[1]}" if canvas else ""
 
 
 def _match_label(rel: str, stems: Counter, labels: dict[str, dict] | None) -> dict:

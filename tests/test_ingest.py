@@ -80,7 +80,7 @@ def test_rsna_ingest_via_cli(rsna, tmp_path, capsys):
         image = np.load(out / r["cache"])
         assert image.shape == (128, 128) and image.dtype == np.uint16
         assert image.max() > 0
-        assert r["settings"].startswith("size=128;")
+        assert r["settings"].startswith("size=128x128;") and r["canvas"] == "128x128"
         assert int(r["rows"]) > 0 and r["transfer_syntax"] in synth.SYNTAXES
     # Folds: every patient in exactly one fold; both folds hold both classes (stratified).
     folds_of = {}
@@ -90,7 +90,9 @@ def test_rsna_ingest_via_cli(rsna, tmp_path, capsys):
     assert {r["fold"] for r in rows} == {"0", "1"}
     for fold in ("0", "1"):
         assert {r["label"] for r in rows if r["fold"] == fold} == {"0", "1"}
-    summary = json.loads((out / "ingest.json").read_text())["summary"]
+    record = json.loads((out / "ingest.json").read_text())
+    assert record["canvas"] == record["settings"]["canvas"] == "128x128"
+    summary = record["summary"]
     assert summary["ok"] == 16 and summary["labels_without_file"] == 0
     assert summary["files_without_label"] == 0
     assert (out / "missing_files.csv").read_text().strip() == "image_id,patient_id"
@@ -479,7 +481,7 @@ def test_modality_column_and_not_mammogram_rows(tmp_path):
     rows = {r["image_id"]: r for r in read_manifest(tmp_path / "data")}
     assert summary["errors_by_reason"] == {"not_mammogram": 1}
     assert (rows["ct"]["status"], rows["ct"]["reason"], rows["ct"]["modality"]) == ("error", "not_mammogram", "CT")
-    assert (rows["mg"]["modality"], rows["bare"]["modality"]) == ("MG", "")
+    assert (rows["mg"]["modality"], rows["bare"]["modality"]) == ("MG", "(none; MG SOP class)")  # file meta
     mg_cache = tmp_path / "data" / rows["mg"]["cache"]
     stamp = mg_cache.stat().st_mtime_ns
     args = ["ingest", str(src), "--out", str(tmp_path / "data"), "--size", "32", "--workers", "1", "--no-progress"]

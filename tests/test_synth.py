@@ -82,23 +82,26 @@ def test_files_match_rows_one_to_one(data, table):
     assert leftovers == []
 
 
+PLAN = {row["image_id"]: row for row in synth.plan_dataset(PATIENTS, SEED, RATE, "small")}
+
+
 def style(table, r) -> str:
     """The header style of a row's patient (synth.STYLES by the patient's index)."""
     order = sorted(table["patient_id"].unique())
-    return synth.STYLES[order.index(r.patient_id) % len(synth.STYLES)]
+    assert PLAN[r.image_id]["_style"] == synth.STYLES[order.index(r.patient_id) % len(synth.STYLES)]
+    return PLAN[r.image_id]["_style"]
 
 
 def test_required_tags(table, files):
     uids = set()
     for r in table.itertuples():
         ds = files[r.image_id]
-        assert ds.file_meta.MediaStorageSOPClassUID == synth.MAMMO_SOP_CLASS
         assert ds.ImageLaterality == r.laterality
-        if style(table, r) == "stripped":  # like RSNA's own files
-            assert all(keyword not in ds for keyword in synth.STRIPPED)
+        if style(table, r) == "rsna":  # like RSNA's own files (test_rsna_style_is_exactly_rsnas_shape)
+            assert ds.file_meta.MediaStorageSOPClassUID == synth.RSNA_SOP_CLASS
         else:
-            assert ds.SOPClassUID == synth.MAMMO_SOP_CLASS and ds.Modality == "MG"
-            assert ds.ViewPosition == r.view and ds.Laterality == r.laterality
+            assert ds.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID == synth.MAMMO_SOP_CLASS
+            assert ds.Modality == "MG" and ds.ViewPosition == r.view and ds.Laterality == r.laterality
         if style(table, r) == "id_is_name":
             assert ds.PatientID == str(ds.PatientName) and synth.PHI_MARKER in ds.PatientID
         else:
@@ -106,9 +109,10 @@ def test_required_tags(table, files):
         assert ds.BitsAllocated == 16 and ds.BitsStored in (12, 14, 16) and ds.HighBit == ds.BitsStored - 1
         assert ds.PixelRepresentation == 0 and ds.SamplesPerPixel == 1
         machine = next(m for m in synth.MACHINES if m.machine_id == r.machine_id)
-        assert ds.file_meta.TransferSyntaxUID == machine.syntax
+        assert ds.file_meta.TransferSyntaxUID == PLAN[r.image_id]["_syntax"]
+        assert PLAN[r.image_id]["_syntax"] in (machine.syntax, *synth.COMPRESSED)
         assert ds.PhotometricInterpretation == machine.photometric and ds.BitsStored == machine.bits_stored
-        assert ds.VOILUTFunction in ("LINEAR", "SIGMOID")
+        assert ds.get("VOILUTFunction", "LINEAR") == machine.voi_function
         centers = np.atleast_1d(np.asarray(ds.WindowCenter, float))
         widths = np.atleast_1d(np.asarray(ds.WindowWidth, float))
         assert len(centers) == len(widths) == machine.n_windows
@@ -125,6 +129,44 @@ def test_required_tags(table, files):
     assert {ds.PhotometricInterpretation for ds in files.values()} == {"MONOCHROME1", "MONOCHROME2"}
     assert {ds.file_meta.TransferSyntaxUID for ds in files.values()} == set(synth.SYNTAXES)
     assert any(len(np.atleast_1d(ds.WindowCenter)) > 1 for ds in files.values())
+
+
+def test_rsna_style_is_exactly_rsnas_shape(table, files):
+    """Issue 14: real RSNA files have no Modality and no SOPClassUID in the dataset, the DX For
+    Presentation class in the file meta, JPEG 2000 lossless or JPEG Lossless SV1, and exactly
+    these keywords; synth's "rsna" files must be that shape, so the tests see what users feed."""
+    expected = {
+        "SOPInstanceUID", "ContentDate", "ContentTime", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
+        "InstanceNumber", "ImageLaterality", "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns",
+        "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PixelPaddingValue",
+        "PixelIntensityRelationship", "PixelIntensityRelationshipSign", "WindowCenter", "WindowWidth",
+        "RescaleIntercept", "RescaleSlope", "RescaleType", "PartialView", "LossyImageCompression", "PixelData"}
+    rsna = [r for r in table.itertuples() if style(table, r) == "rsna"]
+    assert len(rsna) == 4
+    for r in rsna:
+        ds = files[r.image_id]
+        sigmoid = next(m for m in synth.MACHINES if m.machine_id == r.machine_id).voi_function == "SIGMOID"
+        assert {e.keyword for e in ds} == expected | ({"VOILUTFunction"} if sigmoid else set())
+        assert ds.file_meta.MediaStorageSOPClassUID == "1.2.840.10008.5.1.4.1.1.1.1"
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert ds.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.70")
+        assert ds.file_meta.ImplementationVersionName == "PYDICOM 2.3.0"
+        assert ds.PatientID == str(r.patient_id) == files[r.image_id].filename.split("/")[-2]  # the folder
+        assert (ds.PixelIntensityRelationship, ds.PixelIntensityRelationshipSign, ds.RescaleType) == ("LOG", 1, "US")
+        assert ds.get("VOILUTFunction", "") == ("SIGMOID" if sigmoid else "")
+        assert (ds.PartialView, ds.LossyImageCompression) == ("NO", "00")
+        assert np.array_equal(ds.pixel_array, synth.render(PLAN[r.image_id])[0])  # pixels untouched
+
+
+def test_rsna_style_keeps_to_the_syntaxes_asked_for(tmp_path):
+    """An "rsna" patient on an uncompressed machine is written in a compressed syntax RSNA uses;
+    when only uncompressed files are asked for, that patient's files are "full" style."""
+    plan = synth.plan_dataset(4, 0, 0.25, "small", syntaxes=[str(ExplicitVRLittleEndian)])
+    assert {r["_syntax"] for r in plan} == {str(ExplicitVRLittleEndian)} and "rsna" not in {r["_style"] for r in plan}
+    for seed in range(6):
+        for row in synth.plan_dataset(8, seed, 0.25, "small"):
+            if row["_style"] == "rsna":
+                assert row["_syntax"] in synth.COMPRESSED
 
 
 def test_every_syntax_decodes_losslessly(table, files):
@@ -208,19 +250,20 @@ def test_phi_fields_carry_the_marker(data, table, files):
     assert {style(table, r) for r in table.itertuples()} == set(synth.STYLES)
     for r in table.itertuples():
         ds = files[r.image_id]
-        stripped = synth.STRIPPED if style(table, r) == "stripped" else ()
+        if style(table, r) == "rsna":  # RSNA's files carry none of them
+            assert not any(keyword in ds for keyword in synth.PHI_KEYWORDS)
+            continue
         for keyword in synth.PHI_KEYWORDS:
-            assert bool(str(ds.get(keyword, "") or "")) != (keyword in stripped), keyword
+            assert str(ds.get(keyword, "") or ""), keyword
         for keyword in people:
-            if keyword not in stripped:
-                assert synth.PHI_MARKER in str(ds.get(keyword)), keyword
+            assert synth.PHI_MARKER in str(ds.get(keyword)), keyword
         birth = dt.datetime.strptime(ds.PatientBirthDate, "%Y%m%d")
         study = dt.datetime.strptime(ds.StudyDate, "%Y%m%d")
         assert abs((study - birth).days / 365.25 - r.age) <= 1
     for name in ("train.csv", "lesions.csv"):
         text = (data / name).read_text()
         assert synth.PHI_MARKER not in text
-        assert all(ds.PatientBirthDate not in text for ds in files.values())
+        assert all(ds.PatientBirthDate not in text for ds in files.values() if "PatientBirthDate" in ds)
 
 
 def test_same_seed_same_bytes_whatever_the_workers(data, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from medvit.canvas import argparse_size
 from medvit.dicom import DEFAULT_SIZE
 
 
@@ -13,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Walk SRC (an RSNA-layout folder with train.csv, or any tree of DICOM files, with or "
             "without the .dcm suffix; in the RSNA layout only SRC/train_images/ is read) and write "
-            "DIR/images/<image_id>.npy (size x size uint16), "
+            "DIR/images/<image_id>.npy (an H x W uint16 canvas, --size), "
             "DIR/manifest.csv (one row per input file, ok or error with its reason, labels, "
             "patient-grouped folds), DIR/missing_files.csv and DIR/ingest.json. Rerunning skips "
             "files already done with the same settings; an interrupted run resumes."
@@ -25,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", default=None, metavar="CSV",
                    help="labels CSV with image_id and the label column (default: SRC/train.csv if present)")
     p.add_argument("--label-column", default="cancer", help="label column in the CSV (default: cancer)")
-    p.add_argument("--size", type=int, default=DEFAULT_SIZE, help=f"output side in pixels (default: {DEFAULT_SIZE})")
+    p.add_argument("--size", type=argparse_size, default=DEFAULT_SIZE, metavar="HxW",
+                   help=f"canvas of the cached images: one side for a square (default: {DEFAULT_SIZE}) or HxW, "
+                        "e.g. 512x256 or 1024x512 (the breast, flush left, wastes less of a 2:1 canvas)")
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: number of CPUs; 1 = in this process)")
     p.add_argument("--folds", type=int, default=4, help="cross-validation folds (default: 4)")
@@ -43,8 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def add_privacy_flags(p: argparse.ArgumentParser) -> None:
     """--any-modality, --id-key, --raw-patient-ids: shared by ingest and predict."""
     p.add_argument("--any-modality", action="store_true",
-                   help="accept files whose Modality is not MG (CT, MR, CR, ...); by default they are error rows "
-                        "`not_mammogram` (files without a Modality tag always pass)")
+                   help="accept files that are not mammograms: a Modality other than MG, or no Modality and a SOP "
+                        "class other than MG/DX/CR/Secondary Capture (CT, MR, US, ...); by default they are error "
+                        "rows `not_mammogram`")
     p.add_argument("--id-key", metavar="SECRET",
                    help="key of the patient-ID pseudonyms (default: $MEDVIT_ID_KEY, else the key file made once "
                         "in $XDG_CONFIG_HOME/medvit/id_key); header PatientIDs leave medvit only as HMAC pseudonyms")

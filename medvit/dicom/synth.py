@@ -2,12 +2,15 @@
 
 `write_dataset(out, patients=20)` writes `out/train_images/<patient_id>/<image_id>.dcm`,
 `out/train.csv` (RSNA's columns), `out/lesion_masks/<image_id>.png` and `out/lesions.csv`.
-The files look like RSNA's: MG "For Presentation" SOP class, J2K lossless / JPEG lossless SV1 /
-explicit little endian, 12/14/16 bits stored, MONOCHROME1 and MONOCHROME2, single or multiple
-VOI windows (LINEAR or SIGMOID), a burned-in laterality marker, and fake PHI that carries
-`PHI_MARKER` so a scan of any output can grep for it. Headers come in three styles (STYLES, by
-patient): full, PatientID = PatientName, and stripped like RSNA's own files (no Modality, SOP
-Class UID, ViewPosition, Laterality or PatientName).
+The files look like RSNA's: J2K lossless / JPEG lossless SV1 / explicit little endian, 12/14/16
+bits stored, MONOCHROME1 and MONOCHROME2, single or multiple VOI windows (LINEAR or SIGMOID), a
+burned-in laterality marker, and fake PHI that carries `PHI_MARKER` so a scan of any output can
+grep for it. Headers come in three styles (STYLES, by patient): "full" (Digital Mammography SOP
+class, Modality MG, every tag, fake PHI), "id_is_name" (the same with PatientID = PatientName) and
+"rsna", exactly the shape of RSNA's own files (`rsna_file`): file meta SOP class Digital X-Ray
+For Presentation, JPEG 2000 lossless or JPEG Lossless SV1, ImplementationVersionName 'PYDICOM
+2.3.0', and a dataset holding RSNA_KEYWORDS and nothing else (no SOPClassUID, Modality,
+ViewPosition, BodyPartExamined or PatientName).
 
 Everything is seeded: the same seed gives the same CSV and the same pixel data whatever the
 number of workers (each image draws from its own `SeedSequence((seed, 1, patient, view))`).
@@ -51,13 +54,24 @@ LESION_COLUMNS: tuple[str, ...] = (
     "image_id", "patient_id", "laterality", "view", "kind", "center_row", "center_col", "radius_px",
 )
 MAMMO_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image Storage - For Presentation
+RSNA_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation (file meta only)
+RSNA_IMPLEMENTATION = ("1.2.826.0.1.3680043.8.498.1", "PYDICOM 2.3.0")  # class UID, version name
+# Every keyword of a real RSNA file's dataset, in no other: VOILUTFunction only on some (SIGMOID).
+RSNA_KEYWORDS: tuple[str, ...] = (
+    "SOPInstanceUID", "ContentDate", "ContentTime", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
+    "InstanceNumber", "ImageLaterality", "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns",
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PixelPaddingValue",
+    "PixelIntensityRelationship", "PixelIntensityRelationshipSign", "WindowCenter", "WindowWidth",
+    "RescaleIntercept", "RescaleSlope", "RescaleType", "VOILUTFunction", "PartialView", "LossyImageCompression",
+    "PixelData",
+)
 SIZES = ("small", "full")
 VIEWS = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO"))
 # Header style by patient (index % 4), as real files come: "full" (every tag above), "id_is_name"
-# (PatientID = PatientName, as de-identification tools often leave it) and "stripped" (RSNA's own
-# files: no Modality, SOP Class UID, ViewPosition, Laterality or PatientName; only ImageLaterality).
-STYLES = ("full", "id_is_name", "stripped", "full")
-STRIPPED = ("Modality", "SOPClassUID", "ViewPosition", "Laterality", "PatientName")
+# (PatientID = PatientName, as de-identification tools often leave it) and "rsna" (RSNA's own
+# files, `rsna_file`). An "rsna" patient's files are JPEG 2000 / JPEG Lossless SV1, as RSNA's are.
+STYLES = ("full", "id_is_name", "rsna", "full")
+COMPRESSED = (str(JPEG2000Lossless), str(JPEGLosslessSV1))  # the syntaxes RSNA's files come in
 # DICOM PatientOrientation (column direction, row direction) with the chest wall on the left
 # for L and on the right for R, as in RSNA.
 ORIENTATION = {("L", "CC"): ["A", "R"], ("L", "MLO"): ["A", "F"],
@@ -195,7 +209,7 @@ def build_dataset(stored: np.ndarray, machine: Machine, info: dict[str, Any]) ->
     style = info.get("style", "full")
     if style == "id_is_name":
         ds.PatientID = info["patient_name"]
-    return ds  # "stripped" files lose their tags after encoding (`strip_tags`): GDCM's encoder needs them
+    return ds  # "rsna" files are rebuilt after encoding (`rsna_file`): GDCM's encoder needs these tags
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,9 +239,23 @@ def _choose_machines(rng: np.random.Generator, n: int, pool: Sequence[Machine]) 
             else:
                 need.append(next(o for o in pool if o.photometric == photometric))
     if n >= 3 and n >= len(need):
-        for slot, machine in zip(rng.choice(n, size=len(need), replace=False), need):
+        slots = rng.choice(n, size=len(need), replace=False)
+        # uncompressed machines go to patients whose files are not "rsna" style (those are compressed)
+        slots = sorted(slots, key=lambda slot: STYLES[slot % len(STYLES)] == "rsna")
+        for slot, machine in zip(slots, sorted(need, key=lambda m: m.syntax in COMPRESSED)):
             picks[slot] = machine
     return picks
+
+
+def _style_and_syntax(p: int, machine: Machine, allowed: Sequence[str]) -> tuple[str, str]:
+    """Header style of patient `p` and the transfer syntax of its files: the machine's, except
+    that an "rsna" patient on an uncompressed machine gets a compressed syntax RSNA uses (the
+    first allowed), or the "full" style when no compressed syntax is allowed."""
+    style = STYLES[p % len(STYLES)]
+    if style != "rsna" or machine.syntax in COMPRESSED:
+        return style, machine.syntax
+    compressed = [s for s in COMPRESSED if s in allowed]
+    return ("rsna", compressed[0]) if compressed else ("full", machine.syntax)
 
 
 def _unique_ints(rng: np.random.Generator, n: int, low: int, high: int) -> list[int]:
@@ -261,6 +289,7 @@ def plan_dataset(patients: int, seed: int, cancer_rate: float, size: str,
     image_ids = _unique_ints(rng, 4 * patients, 100_000, 2**31 - 1)
     rows: list[dict[str, Any]] = []
     for p, (pid, machine) in enumerate(zip(patient_ids, machines)):
+        style, syntax = _style_and_syntax(p, machine, syntaxes or SYNTAXES)
         shape = machine_shape(machine, size)
         spacing = round(machine.spacing_mm * machine.full_shape[0] / shape[0], 4)
         study = _fake_date(rng, dt.date(2015, 1, 1), 5 * 365)
@@ -306,7 +335,7 @@ def plan_dataset(patients: int, seed: int, cancer_rate: float, size: str,
                 "_seed": (seed, 1, p, k), "_machine": machine, "_shape": shape, "_density": density,
                 "_kind": b["kind"], "_radius_frac": b["radius_frac"], "_spacing": spacing,
                 "_study_uid": study_uid, "_series_uid": _uid(seed, "series", pid, side, view),
-                "_sop_uid": _uid(seed, "sop", image_id), "_style": STYLES[p % len(STYLES)],
+                "_sop_uid": _uid(seed, "sop", image_id), "_style": style, "_syntax": syntax,
                 **{f"_{k2}": v for k2, v in phi.items()},
             })
     return rows
@@ -335,9 +364,9 @@ def make_file(row: dict[str, Any], out: str) -> dict[str, Any] | None:
     folder = Path(out) / "train_images" / str(row["patient_id"])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{row['image_id']}.dcm"
-    write_dicom(path, build_dataset(stored, machine, info), stored, machine.syntax)
-    if info["style"] == "stripped":
-        strip_tags(path, STRIPPED)
+    write_dicom(path, build_dataset(stored, machine, info), stored, info["syntax"])
+    if info["style"] == "rsna":
+        rsna_file(path, machine, info)
     if synth.lesion is None:
         return None
     masks = Path(out) / "lesion_masks"
@@ -349,14 +378,36 @@ def make_file(row: dict[str, Any], out: str) -> dict[str, Any] | None:
             "center_col": les.center_col, "radius_px": les.radius_px}
 
 
-def strip_tags(path: Path, keywords: Sequence[str]) -> None:
-    """Remove `keywords` from a written file (pixel data untouched), atomically."""
+def rsna_file(path: Path, machine: Machine, info: dict[str, Any]) -> None:
+    """Rewrite a written file (its encoded pixel data untouched) in exactly the shape of RSNA's
+    own files: file meta SOP class DX For Presentation, written by 'PYDICOM 2.3.0', and a
+    dataset of RSNA_KEYWORDS only (VOILUTFunction only where SIGMOID), atomically."""
     import pydicom
 
-    ds = pydicom.dcmread(path)
-    for keyword in keywords:
-        if keyword in ds:
-            delattr(ds, keyword)
+    src = pydicom.dcmread(path)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = RSNA_SOP_CLASS
+    ds.file_meta.MediaStorageSOPInstanceUID = info["sop_uid"]
+    ds.file_meta.TransferSyntaxUID = src.file_meta.TransferSyntaxUID
+    ds.file_meta.ImplementationClassUID, ds.file_meta.ImplementationVersionName = RSNA_IMPLEMENTATION
+    ds.SOPInstanceUID = info["sop_uid"]
+    ds.ContentDate, ds.ContentTime = info["study_date"], "101500.000000"
+    ds.PatientID = str(info["patient_id"])  # = the folder name
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = info["study_uid"], info["series_uid"]
+    ds.InstanceNumber = 1
+    ds.ImageLaterality = info["laterality"]
+    for keyword in ("SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated",
+                    "BitsStored", "HighBit", "PixelRepresentation", "WindowCenter", "WindowWidth"):
+        ds.add(src[keyword])
+    top = 2**machine.bits_stored - 1
+    ds.PixelPaddingValue = top if machine.photometric == "MONOCHROME1" else 0  # air, as the detector pads
+    ds.PixelIntensityRelationship, ds.PixelIntensityRelationshipSign = "LOG", 1
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
+    if machine.voi_function == "SIGMOID":
+        ds.VOILUTFunction = "SIGMOID"
+    ds.PartialView, ds.LossyImageCompression = "NO", "00"
+    ds.add(src["PixelData"])
     with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
 
