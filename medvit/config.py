@@ -41,6 +41,7 @@ class DataConfig:
     val_size: float = 0.1  # cifar10/mnist: validation carved from the training file (fraction < 1 or count); 0 = none
     classes: list = field(default_factory=list)  # cifar10/mnist: keep these classes only, e.g. [5, 8]
     channels: Optional[int] = None  # cifar10/mnist: 1 (grey) or 3; None = the data's own
+    verify_md5: bool = True  # cifar10/mnist: full-size files must match the published md5s; false: warn, use them
     augment: dict = field(default_factory=dict)  # albumentations settings, see medvit.data.transforms
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,6 +203,33 @@ def test_full_size_files_are_checked_against_published_md5(tmp_path):
     with pytest.raises(MedvitError, match=r"t10k-labels-idx1-ubyte.gz: corrupt mnist file: md5 of its content is "
                                           r"[0-9a-f]{32}, the published value is 27ae3e4e09519cfbb04c329615203637"):
         load_mnist(tmp_path, train=False)
+
+
+def test_md5_check_can_be_turned_off_with_a_warning_naming_the_file(tmp_path):
+    """A re-encoded set of the published size (here: 10000 test images and labels that are not the
+    published bytes) fails by default and is read with data.verify_md5: false, with a warning."""
+    from medvit.config import load_config
+    from medvit.train.setup import build_data
+
+    write_mnist(tmp_path, *fake(20, (28, 28)), *fake(1, (28, 28)), gz=True)
+    _full_size_mnist_labels(tmp_path / "t10k-labels-idx1-ubyte.gz")
+    images = np.zeros((10000, 28, 28), dtype=np.uint8)  # all-zero: cheap to write, gzip shrinks it
+    images[:, 10:18, 10:18] = 255
+    header = np.array([2051, 10000, 28, 28], dtype=">u4").tobytes()
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + images.tobytes(), compresslevel=1))
+    with pytest.raises(MedvitError, match="t10k-images-idx3-ubyte.gz: corrupt mnist file"):
+        benchmark_splits("mnist", tmp_path, image_size=28)
+    with pytest.warns(UserWarning) as seen:
+        x, y = load_mnist(tmp_path, train=False, verify_md5=False)
+    assert x.shape == (10000, 28, 28) and y[:12].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    names = {Path(str(w.message).split(": md5 check off (data.verify_md5: false)")[0]).name for w in seen}
+    assert names == {"t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"}  # each full-size file, named
+    cfg = load_config(None, [f"data.dir={tmp_path}", "data.kind=mnist", "data.verify_md5=false", "data.val_size=0",
+                             "data.image_size=28"])
+    with pytest.warns(UserWarning, match="md5 check off") as seen:
+        data = build_data(cfg)  # the trainer's data path reads the flag
+    assert len(data.test) == 10000 and len(data.train) == 20 and len(seen) == 2
+    assert load_config(None, []).data.verify_md5 is True  # on by default
 
 
 def test_truncated_gzip_and_cifar_batch_name_the_file(tmp_path):

@@ -9,6 +9,7 @@ import functools
 import gzip
 import hashlib
 import pickle
+import warnings
 from pathlib import Path
 
 import cv2
@@ -44,11 +45,17 @@ def published_md5(dataset: str) -> dict[str, str]:
     return {f["name"]: f["md5"] for f in data.get("files", [])}
 
 
-def verify_md5(path: Path, raw: bytes, dataset: str, name: str) -> None:
+def verify_md5(path: Path, raw: bytes, dataset: str, name: str, check: bool = True) -> None:
     """Fail naming the file, the published md5 and the one found. Called for full-size files only:
-    the tiny files tests write in the same formats have no published checksum."""
+    the tiny files tests write in the same formats have no published checksum. `check=False`
+    (data.verify_md5: false, for re-encoded sets of the published size) warns naming the file instead."""
     expected = published_md5(dataset).get(name)
     if expected is None:
+        return
+    if not check:
+        warnings.warn(f"{path}: md5 check off (data.verify_md5: false): this full-size {dataset} file is used "
+                      f"without comparing it with the published md5 (data_manifests/{dataset}.yaml)",
+                      UserWarning, stacklevel=2)
         return
     found = hashlib.md5(raw).hexdigest()
     if found != expected:
@@ -67,7 +74,7 @@ def _cifar_dir(root: str | Path) -> Path:
                       "download 'CIFAR-10 python version' and extract it there")
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_cifar_batch(path: Path, check_md5: bool = True) -> tuple[np.ndarray, np.ndarray]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError as e:
@@ -86,16 +93,17 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise MedvitError(f"{path}: expected data N×3072 and N labels, got {data.shape} and {len(labels)}")
     if len(data) == FULL_SIZES["cifar10"]:
-        verify_md5(path, raw, "cifar10", path.name)
+        verify_md5(path, raw, "cifar10", path.name, check_md5)
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
-def load_cifar10(root: str | Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+def load_cifar10(root: str | Path, train: bool, verify_md5: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(N, 32, 32, 3) uint8 images and int64 labels; `root` holds cifar-10-batches-py/ or is it.
-    Full-size batches are checked against the published md5s (data_manifests/cifar10.yaml)."""
+    Full-size batches are checked against the published md5s (data_manifests/cifar10.yaml) unless
+    `verify_md5` is False (then a warning names each full-size file)."""
     d = _cifar_dir(root)
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
-    parts = [_read_cifar_batch(d / n) for n in names]
+    parts = [_read_cifar_batch(d / n, verify_md5) for n in names]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -133,7 +141,7 @@ def _mnist_file(root: Path, name: str) -> Path:
                       "put the four IDX files of MNIST there")
 
 
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
+def _read_idx(path: Path, ndim: int, check_md5: bool = True) -> np.ndarray:
     """An unsigned-byte IDX array (big-endian header: magic, then one uint32 per dimension)."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
@@ -153,16 +161,17 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
         raise MedvitError(f"{path}: truncated or padded IDX file: header says {dims} ({int(np.prod(dims))} "
                           f"bytes of data), file holds {len(raw) - header}; download it again")
     if dims[0] in FULL_SIZES["mnist"].values():
-        verify_md5(path, raw, "mnist", path.name.removesuffix(".gz"))
+        verify_md5(path, raw, "mnist", path.name.removesuffix(".gz"), check_md5)
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def load_mnist(root: str | Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 28, 28) uint8 images and int64 labels from the IDX files (optionally .gz) under `root`."""
+def load_mnist(root: str | Path, train: bool, verify_md5: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 28, 28) uint8 images and int64 labels from the IDX files (optionally .gz) under `root`;
+    full-size files are md5-checked as in `load_cifar10`."""
     root = Path(root)
     img_name, lab_name = MNIST_FILES[bool(train)]
     img_path, lab_path = _mnist_file(root, img_name), _mnist_file(root, lab_name)
-    images, labels = _read_idx(img_path, 3), _read_idx(lab_path, 1).astype(np.int64)
+    images, labels = _read_idx(img_path, 3, verify_md5), _read_idx(lab_path, 1, verify_md5).astype(np.int64)
     if len(images) != len(labels):
         raise MedvitError(f"{img_path}: {len(images)} images but {lab_path} has {len(labels)} labels")
     return images, labels
@@ -312,21 +321,22 @@ def _to_gray(images: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(name: str, root: str, train: bool, stamp: tuple) -> tuple[np.ndarray, np.ndarray]:
+def _load_cached(name: str, root: str, train: bool, stamp: tuple, verify_md5: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """The decoded files, kept per process: a sweep worker runs many runs on the same files.
     `stamp` (sizes and mtimes) makes a changed file miss the cache. Arrays are read-only."""
-    x, y = {"cifar10": load_cifar10, "mnist": load_mnist}[name](root, train)
+    x, y = {"cifar10": load_cifar10, "mnist": load_mnist}[name](root, train, verify_md5)
     x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
     x.flags.writeable = y.flags.writeable = False
     return x, y
 
 
-def _load(name: str, root: str | Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+def _load(name: str, root: str | Path, train: bool, verify_md5: bool = True) -> tuple[np.ndarray, np.ndarray]:
     root = Path(root)
     dirs = [d for d in (root, root / CIFAR_DIR, root / "MNIST" / "raw", root / "raw") if d.is_dir()]
     stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns)
                   for d in dirs for p in sorted(d.iterdir()) if p.is_file())
-    return _load_cached(name, str(root.resolve()), bool(train), stamp)
+    return _load_cached(name, str(root.resolve()), bool(train), stamp, bool(verify_md5))
 
 
 def _split_sizes(n: int, val_size: float) -> int:
@@ -342,7 +352,8 @@ def _split_sizes(n: int, val_size: float) -> int:
 def benchmark_splits(name: str, root: str | Path, image_size: int = 32, noise: float = 0.0, seed: int = 0,
                      train_size: int | None = None, grayscale: bool = False, train_transform=None,
                      normalize: tuple | None = None, val_size: float = 0.0, classes: list | None = None,
-                     channels: int | None = None) -> tuple[ArrayDataset, ArrayDataset, ArrayDataset]:
+                     channels: int | None = None, verify_md5: bool = True
+                     ) -> tuple[ArrayDataset, ArrayDataset, ArrayDataset]:
     """(train, val, test) datasets of CIFAR-10 or MNIST; ids are '<name>-<split>-<original index>'.
 
     In order: keep only `classes` (relabelled 0..k-1 in the order given, e.g. [5, 8]); label
@@ -350,10 +361,11 @@ def benchmark_splits(name: str, root: str | Path, image_size: int = 32, noise: f
     noisy labels; test labels untouched); a class-stratified validation split of `val_size` carved
     from the training file (for picking checkpoints; the test split is for the end only); a nested,
     class-stratified `train_size` subset of the rest (learning curves). `channels`: 1 (grey), 3
-    (grey repeated for MNIST) or None (the file's own)."""
+    (grey repeated for MNIST) or None (the file's own). `verify_md5=False` uses full-size files
+    whose md5 differs from the published one (a warning names each file)."""
     if name not in ("cifar10", "mnist"):
         raise MedvitError(f"unknown benchmark {name!r}: valid: cifar10, mnist")
-    (x_tr, y_tr), (x_te, y_te) = _load(name, root, True), _load(name, root, False)
+    (x_tr, y_tr), (x_te, y_te) = _load(name, root, True, verify_md5), _load(name, root, False, verify_md5)
     if channels not in (None, 1, 3):
         raise MedvitError(f"data.channels {channels}: valid: 1, 3 (or null for the data's own)")
     if (grayscale or channels == 1) and x_tr.ndim == 4:

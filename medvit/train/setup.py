@@ -124,7 +124,7 @@ def build_data(cfg: Config) -> DataBundle:
         train, val, test = benchmark_splits(
             d.kind, d.dir, image_size=d.image_size, noise=d.label_noise,
             seed=cfg.train.seed, train_size=d.train_size or None, val_size=d.val_size,
-            classes=d.classes or None, channels=d.channels,
+            classes=d.classes or None, channels=d.channels, verify_md5=d.verify_md5,
         )
     else:
         raise ConfigError(f"data.kind {d.kind!r}: valid: cifar10, mammo, mnist")
