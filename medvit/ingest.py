@@ -12,8 +12,9 @@ Resume and atomicity:
   `DIR/.ingest-journal.jsonl`; a torn or unreadable line is ignored.
 - a rerun skips a file whose journal record has the same relative path, size, mtime_ns, image_id
   and settings key (`size=512x256;v=5`: the canvas H x W and `medvit.dicom.normalize.VERSION`;
-  an old key `size=512` reads as 512x512) and, when ok, whose `.npy` still exists. Unchanged error rows are skipped too (decoding the same bytes fails the
-  same way) except reasons `internal` and `worker_crash`, which may be transient and are retried.
+  an old key `size=512` reads as 512x512) and, when ok, whose `.npy` still exists. Unchanged
+  error rows are skipped too (decoding the same bytes fails the same way) except reasons
+  `internal` and `worker_crash`, which may be transient and are retried.
 - `.npy` files and every output file are written through `medvit.io.atomic_path` (a temp name
   in the same folder, then renamed); leftover temp files from a killed run are removed at the
   next start. So after a kill -9 and a rerun, cache and manifest are byte-identical to an

@@ -24,7 +24,7 @@ def test_manifest_schema_matches_manifest_columns() -> None:
     columns = _load("manifest.schema.yaml")["columns"]
     assert [c["name"] for c in columns] == list(MANIFEST_COLUMNS)
     for column in columns:
-        assert column["dtype"] in {"str", "int"}, column["name"]
+        assert column["dtype"] in {"str", "int", "float"}, column["name"]
         assert column["meaning"].strip(), column["name"]
 
 

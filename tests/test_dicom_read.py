@@ -192,3 +192,66 @@ def test_sv1_falls_back_to_pydicom(small, monkeypatch):
     monkeypatch.setattr(read, "_decode_dicomsdl", lambda path, ds: None)
     arr, name = read.decode_full(read_dataset(small["sv1"]), small["sv1"])
     assert name == "pydicom" and arr.shape == (256, 200)
+
+
+# ------------------------------------------------------------------ the modality rule (issue 14)
+
+def _header(modality: str | None = None, sop: str | None = None, meta_sop: str | None = None) -> pydicom.Dataset:
+    from pydicom.dataset import FileMetaDataset
+
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    if meta_sop:
+        ds.file_meta.MediaStorageSOPClassUID = meta_sop
+    if sop:
+        ds.SOPClassUID = sop
+    if modality is not None:
+        ds.Modality = modality
+    return ds
+
+
+SOP = "1.2.840.10008.5.1.4.1.1."
+
+
+@pytest.mark.parametrize("modality, sop, meta_sop, label, passes", [
+    (None, None, SOP + "1.1", "(none; DX SOP class)", True),          # RSNA's files
+    (None, None, SOP + "1.1.1", "(none; DX SOP class)", True),        # DX for processing
+    (None, None, SOP + "1", "(none; CR SOP class)", True),
+    (None, None, SOP + "7", "(none; SC SOP class)", True),
+    (None, SOP + "1.2", SOP + "2", "(none; MG SOP class)", True),     # the dataset's class wins
+    (None, SOP + "13.1.4", None, "(none; MG SOP class)", True),       # breast projection
+    (None, SOP + "1.2.1", None, "(none; MG SOP class)", True),
+    (None, None, None, "(none; no SOP class)", True),
+    ("MG", SOP + "2", None, "MG", True),                              # the Modality decides
+    ("DX", SOP + "1.1", None, "DX", False),                           # an explicit non-MG Modality
+    ("CT", None, None, "CT", False),
+    ("PATIENT SMITH", None, None, "other", False),                    # free text: never echoed
+    (None, None, SOP + "2", "(none; CT SOP class)", False),
+    (None, None, SOP + "2.1", "(none; CT SOP class)", False),
+    (None, SOP + "4", None, "(none; MR SOP class)", False),
+    (None, SOP + "6.1", None, "(none; US SOP class)", False),
+    (None, SOP + "20", None, "(none; NM SOP class)", False),
+    (None, SOP + "128", None, "(none; PT SOP class)", False),
+    (None, SOP + "481.1", None, "(none; RT SOP class)", False),
+    (None, SOP + "88.11", None, "(none; SR SOP class)", False),
+    (None, SOP + "104.1", None, "(none; DOC SOP class)", False),      # encapsulated PDF
+    (None, SOP + "11.1", None, "(none; PR SOP class)", False),        # presentation state
+    (None, SOP + "1.3", None, "(none; IO SOP class)", False),         # dental intra-oral
+    (None, SOP + "66", None, "(none; other SOP class)", False),       # raw data: registered, not an image
+    (None, "1.2.840.113619.4.2", None, "(none; unknown SOP class)", False),  # a vendor's private class
+])
+def test_modality_decision(modality, sop, meta_sop, label, passes):
+    decision = read.modality_decision(_header(modality, sop, meta_sop))
+    assert (decision.label, decision.mammogram) == (label, passes)
+    assert read.modality_of(_header(modality, sop, meta_sop)) == label
+    assert "SMITH" not in decision.why and "113619" not in decision.why
+    if passes:
+        read.check_modality(_header(modality, sop, meta_sop), "f.dcm")
+        assert not read.accepted_only_with_any_modality(label)
+    else:
+        with pytest.raises(DicomError) as err:
+            read.check_modality(_header(modality, sop, meta_sop), "f.dcm")
+        assert err.value.reason == "not_mammogram" and err.value.info == {"modality": label}
+        assert "--any-modality" in str(err.value) and "f.dcm" in str(err.value)
+        read.check_modality(_header(modality, sop, meta_sop), "f.dcm", any_modality=True)
+        assert read.accepted_only_with_any_modality(label)

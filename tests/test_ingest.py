@@ -544,3 +544,137 @@ def test_rsna_syntax_file_with_a_modality_lut_item_lacking_its_descriptor_ingest
     (row,) = read_manifest(tmp_path / "data")
     assert summary["ok"] == 1 and (row["status"], row["transfer_syntax"]) == ("ok", "1.2.840.10008.1.2.4.70")
     assert row["lut_fallback"] == "modality_lut:identity" and row["voi"] == "minmax"
+
+
+# ----------------------------------------------------------------------------- issue 14
+
+def _rsna_style_files(rsna: Path) -> list[Path]:
+    """synth's files in the exact shape of RSNA's (no Modality, no SOPClassUID, DX class in the file meta)."""
+    picked = [p for p in dicoms(rsna / "train_images")
+              if pydicom.dcmread(p, stop_before_pixels=True).file_meta.MediaStorageSOPClassUID
+              == synth.RSNA_SOP_CLASS]
+    assert len(picked) == 4
+    for path in picked:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert "Modality" not in ds and "SOPClassUID" not in ds
+    return picked
+
+
+def test_rsna_shaped_files_pass_with_default_flags(rsna, tmp_path):
+    """Issue 14: every real RSNA file was refused (not_mammogram). RSNA-shaped files ingest ok
+    with default flags, with labels and without a labels CSV (label empty, fold -1)."""
+    picked = _rsna_style_files(rsna)
+    src = tmp_path / "src"
+    for path in picked:
+        dst = src / "train_images" / path.parent.name / path.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dst)
+    labels = [r for r in csv.DictReader(open(rsna / "train.csv")) if r["image_id"] in {p.stem for p in picked}]
+    with open(src / "train.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(labels[0]))
+        writer.writeheader()
+        writer.writerows(labels)
+    summary = ingest(src, tmp_path / "labelled", size=32, workers=1, progress=False)
+    rows = read_manifest(tmp_path / "labelled")
+    assert summary["ok"] == 4 and summary["error"] == 0
+    assert {r["modality"] for r in rows} == {"(none; DX SOP class)"}
+    assert all(r["label"] in ("0", "1") and r["view"] in ("CC", "MLO") for r in rows)
+    (src / "train.csv").unlink()  # no labels CSV: an inference manifest, every image still ok
+    summary = ingest(src, tmp_path / "unlabelled", size=32, workers=1, progress=False)
+    rows = read_manifest(tmp_path / "unlabelled")
+    assert summary["ok"] == 4 and "labelled" not in summary
+    assert all((r["status"], r["label"], r["fold"], r["view"]) == ("ok", "", "-1", "") for r in rows)
+
+
+def test_non_mammogram_sop_classes_without_modality_are_refused(rsna, tmp_path):
+    """No Modality and an MR, CT or unknown SOP class: not_mammogram (DX, CR and SC pass)."""
+    from dicom_factory import edit_dicom
+
+    mg = _rsna_style_files(rsna)[0]
+    src = tmp_path / "src"
+    src.mkdir()
+    classes = {"mr": "1.2.840.10008.5.1.4.1.1.4", "ct": "1.2.840.10008.5.1.4.1.1.2",
+               "private": "1.2.826.0.1.3680043.9.9999.1", "cr": "1.2.840.10008.5.1.4.1.1.1",
+               "sc": "1.2.840.10008.5.1.4.1.1.7", "dxproc": "1.2.840.10008.5.1.4.1.1.1.1.1"}
+    for name, uid in classes.items():
+        edit_dicom(mg, src / f"{name}.dcm", MediaStorageSOPClassUID=None)
+        ds = pydicom.dcmread(src / f"{name}.dcm")
+        ds.file_meta.MediaStorageSOPClassUID = uid
+        ds.save_as(src / f"{name}.dcm")
+    ingest(src, tmp_path / "data", size=32, workers=1, progress=False)
+    rows = {r["image_id"]: r for r in read_manifest(tmp_path / "data")}
+    got = {k: (r["status"], r["reason"], r["modality"]) for k, r in rows.items()}
+    assert got == {
+        "mr": ("error", "not_mammogram", "(none; MR SOP class)"),
+        "ct": ("error", "not_mammogram", "(none; CT SOP class)"),
+        "private": ("error", "not_mammogram", "(none; unknown SOP class)"),
+        "cr": ("ok", "", "(none; CR SOP class)"), "sc": ("ok", "", "(none; SC SOP class)"),
+        "dxproc": ("ok", "", "(none; DX SOP class)")}
+    assert "MR Image Storage" in rows["mr"]["error"] and "--any-modality" in rows["mr"]["error"]
+    summary = ingest(src, tmp_path / "data", size=32, workers=1, progress=False, any_modality=True)
+    assert summary["processed"] == 3 and summary["ok"] == 6  # the flag redoes only the files it decides
+
+
+def test_rectangular_canvas_resume_and_settings(rsna_copy, tmp_path, capsys):
+    """`--size HxW`: H x W images, the canvas in the manifest and ingest.json; a rerun at the same
+    canvas skips every file (also when the journal holds an old "size=N" key), another redoes them."""
+    from medvit.ingest import ingest_settings, ingest_size
+
+    out = tmp_path / "data"
+    assert main(["ingest", str(rsna_copy), "--out", str(out), "--size", "64x32", "--workers", "2",
+                 "--no-progress"]) == 0
+    rows = read_manifest(out)
+    assert {r["canvas"] for r in rows} == {"64x32"} and {r["settings"].split(";")[0] for r in rows} == {"size=64x32"}
+    for r in rows:
+        image = np.load(out / r["cache"])
+        assert image.shape == (64, 32) and image[:, 0].max() > 0  # flush left
+        assert r["background_level"] != "" and 0 <= float(r["background_level"]) <= 1
+    settings = ingest_settings(out)
+    assert settings["canvas"] == "64x32" and json.loads((out / "ingest.json").read_text())["canvas"] == "64x32"
+    assert settings["labels"] and settings["folds"] == 4
+    assert ingest_size(out) == (64, 32)
+    again = ingest(rsna_copy, out, size=(64, 32), workers=1, progress=False)
+    assert again["processed"] == 0 and again["skipped"] == 16
+    squared = ingest(rsna_copy, out, size=32, workers=1, progress=False)
+    assert squared["processed"] == 16 and ingest_size(out) == (32, 32)
+    # a journal from before HxW keys ("size=32;v=N") still counts as 32x32
+    journal = out / JOURNAL_NAME
+    journal.write_text(journal.read_text().replace('"size=32x32;', '"size=32;'))
+    assert '"size=32;' in journal.read_text()
+    assert ingest(rsna_copy, out, size="32x32", workers=1, progress=False)["skipped"] == 16
+    with pytest.raises(SystemExit) as exit_:
+        main(["ingest", str(rsna_copy), "--out", str(out), "--size", "64y32"])
+    assert exit_.value.code == 2 and "--size" in capsys.readouterr().err
+
+
+def test_ingest_settings_reads_old_and_refuses_broken_files(tmp_path):
+    from medvit.errors import MedvitError
+    from medvit.ingest import ingest_settings, ingest_size
+
+    assert ingest_settings(tmp_path / "nowhere") == {} and ingest_settings(None) == {}
+    assert ingest_size(tmp_path / "nowhere") == (512, 512)
+    (tmp_path / "ingest.json").write_text(json.dumps({"settings": {"size": 512, "folds": 4}, "summary": {}}))
+    assert ingest_settings(tmp_path) == {"size": 512, "folds": 4, "canvas": "512x512"}  # before HxW
+    (tmp_path / "manifest.csv").write_text("image_id,patient_id,label,fold,status,cache,settings\n"
+                                           "a,p,1,0,ok,images/a.npy,size=384;v=4\n")
+    assert ingest_size(tmp_path) == (384, 384)  # an old manifest's square
+    (tmp_path / "ingest.json").write_text("{not json")
+    with pytest.raises(MedvitError, match="ingest.json"):
+        ingest_settings(tmp_path)
+
+
+def test_manifest_write_and_read_raise_no_warning(rsna, tmp_path):
+    """Issue 14: read_manifest filled a float column (an all-empty `split`) with a string:
+    Pandas4Warning now, an error in the next pandas. Any warning fails this test."""
+    import warnings
+
+    from medvit.manifest import read_manifest as read_frame
+
+    src = tmp_path / "src"
+    shutil.copytree(rsna / "train_images", src)  # no labels: split, label, view all empty
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ingest(src, tmp_path / "data", size=32, workers=1, progress=False)
+        frame = read_frame(tmp_path / "data")
+    assert (frame["split"] == "").all() and frame["label"].isna().all() and len(frame) == 16
+    assert frame["canvas"].eq("32x32").all() and frame["background_level"].dtype.kind == "f"
