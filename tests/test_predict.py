@@ -53,7 +53,7 @@ def world(tmp_path_factory) -> dict:
     phi = {"MEDVITPHI"}
     for path in sorted((synth / "train_images").rglob("*.dcm")):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        phi |= {str(ds.get("PatientName", "")), str(ds.PatientBirthDate)}
+        phi |= {str(ds.get("PatientName", "")), str(ds.get("PatientBirthDate", ""))}  # synth's "rsna" files: neither
         if str(ds.PatientID) == str(ds.get("PatientName", "")):  # synth's "id_is_name" files
             phi |= {str(ds.PatientID), "id_is_name"}
     assert "id_is_name" in phi  # the case is exercised
@@ -82,7 +82,7 @@ def test_one_row_per_file_with_status(world):
     ok = pred[pred["status"] == "ok"]
     assert len(ok) == world["n_dicoms"] and (ok["error"] == "").all()
     assert ok["laterality"].isin(["L", "R"]).all() and ok["view"].isin(["CC", "MLO", ""]).all()
-    assert set(ok["modality"]) == {"MG", ""}  # synth's stripped files carry no Modality, like RSNA's
+    assert set(ok["modality"]) == {"MG", "(none; DX SOP class)"}  # synth's "rsna" files: no Modality, like RSNA's
     assert (ok["patient_id_source"] == "header_hmac").all() and ok["patient_id"].str.startswith("p-").all()
     assert (ok["laterality_source"] == "header").all()
     assert ok["prob"].astype(float).between(0, 1).all()
@@ -309,3 +309,35 @@ def test_file_without_patient_id_gets_the_folder_pseudonym_ingest_gives(world, t
     assert pred.at["a", "patient_id_source"] == manifest.at["a", "patient_id_source"] == "folder_hmac"
     assert pred.at["a", "patient_id"] == manifest.at["a", "patient_id"] != "PATIENT-7"
     assert pred.at["a", "patient_id"].startswith("p-")
+
+
+def test_rsna_shaped_files_are_predicted_and_other_modalities_refused(world, tmp_path):
+    """Issue 14: default `predict` refused every real RSNA file (no Modality, no SOPClassUID,
+    DX For Presentation in the file meta). Now they are predicted, and the modality column says
+    what decided; a CT slice and an MR SOP class without a Modality are still refused."""
+    from dicom_factory import CT_IMAGE, edit_dicom
+    from medvit.dicom.synth import RSNA_SOP_CLASS
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    rsna = [p for p in sorted(world["inbox"].rglob("*.dcm"))
+            if pydicom.dcmread(p, stop_before_pixels=True).file_meta.MediaStorageSOPClassUID == RSNA_SOP_CLASS]
+    assert len(rsna) >= 3
+    for path in rsna:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert "Modality" not in ds and "SOPClassUID" not in ds and "ViewPosition" not in ds
+        shutil.copy2(path, inbox / path.name)
+    edit_dicom(rsna[0], inbox / "ct.dcm", Modality="CT", SOPClassUID=CT_IMAGE)
+    mr = pydicom.dcmread(rsna[0])
+    mr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage, still no Modality
+    mr.save_as(inbox / "mr.dcm")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(inbox), "--checkpoint", str(world["run"]), "--out", str(out), "--workers", "0",
+                 "--device", "cpu"]) == 0
+    rows = read(out).set_index("image_id")
+    ok = rows.drop(index=["ct", "mr"])
+    assert len(ok) == len(rsna) and (ok["status"] == "ok").all()
+    assert (ok["modality"] == "(none; DX SOP class)").all() and ok["prob"].astype(float).between(0, 1).all()
+    assert (rows.at["ct", "status"], rows.at["ct", "modality"]) == ("error", "CT")
+    assert (rows.at["mr", "status"], rows.at["mr", "modality"]) == ("error", "(none; MR SOP class)")
+    assert rows.at["mr", "error"].startswith("not_mammogram") and rows.at["ct", "error"].startswith("not_mammogram")
