@@ -10,7 +10,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write synthetic RSNA-like mammography DICOMs + train.csv",
                        description="Write OUT/train_images/<patient_id>/<image_id>.dcm, OUT/train.csv, "
                                    "OUT/lesion_masks/<image_id>.png and OUT/lesions.csv: 4 views per "
-                                   "patient, RSNA's transfer syntaxes, fake PHI marked MEDVITPHI.")
+                                   "patient, RSNA's transfer syntaxes, fake PHI marked MEDVITPHI. Headers by "
+                                   "patient: full, PatientID = PatientName, and exactly the shape of RSNA's own "
+                                   "files (no Modality or SOPClassUID; DX For Presentation in the file meta).")
     p.add_argument("out", metavar="OUT", help="output folder")
     p.add_argument("--patients", type=int, default=20, help="number of patients (4 images each; default 20)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
