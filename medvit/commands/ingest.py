@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from medvit.canvas import argparse_size
+from medvit.canvas import argparse_size, size_text
 from medvit.dicom import DEFAULT_SIZE
 
 
@@ -67,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
         id_key=args.id_key, raw_patient_ids=args.raw_patient_ids,
     )
     print(format_summary(summary))
-    print(f"wrote {out}/manifest.csv and {out}/images/")
+    print(f"wrote {out}/manifest.csv and {out}/images/ ({size_text(args.size)} canvas)")
     return 0
