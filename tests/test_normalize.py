@@ -355,7 +355,8 @@ def test_sv1_matches_full_decode(tmp_path):
 
 def test_crop_keeps_the_whole_synth_breast(tmp_path):
     """The breast is found before the VOI window (which clips fatty tissue to air-black): on
-    realistic synthetic mammograms of every machine the crop box holds the whole breast."""
+    realistic synthetic mammograms of every machine the crop box holds the whole breast, and the
+    background fill (issue 14) zeroes none of it: the breast mask keeps fatty tissue and skin."""
     from medvit.dicom import synth
 
     rows = synth.plan_dataset(patients=6, seed=3, cancer_rate=0.5, size="small")
@@ -363,10 +364,15 @@ def test_crop_keeps_the_whole_synth_breast(tmp_path):
         synth.make_file(row, str(tmp_path / "out"))
         path = next((tmp_path / "out").rglob(f"{row['image_id']}.dcm"))
         _, drawing = synth.render(row)
-        info = preprocess(path).info
+        result = preprocess(path, (256, 128))
+        info = result.info
         ys, xs = np.nonzero(drawing.breast)
         inside = ((ys >= info["crop_y0"]) & (ys < info["crop_y1"]) & (xs >= info["crop_x0"]) & (xs < info["crop_x1"]))
         assert inside.mean() > 0.99, (row["image_id"], row["view"], info)
+        breast = apply_geometry(drawing.breast.astype(np.float32), info, (256, 128)) >= 0.99
+        assert (result.image[breast] > 0).mean() > 0.999, (row["image_id"], row["view"], info)
+        air = apply_geometry((~drawing.breast & ~drawing.marker).astype(np.float32), info, (256, 128)) >= 0.99
+        assert (result.image[air] == 0).mean() > 0.9  # the background is 0 but for the soft edge
 
 
 # ------------------------------------------------------------------ malformed LUTs (issue 11)
