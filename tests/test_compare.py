@@ -419,3 +419,61 @@ def test_benchmark_runs_compare_on_the_test_split(tmp_path):
     assert mc["a_right_b_wrong"] + mc["both_right"] == round(res["runs"][0]["accuracy"] * 40)
     assert mc["a_wrong_b_right"] + mc["both_right"] == round(res["runs"][1]["accuracy"] * 40)
     assert "accuracy" in res["summary"] and "McNemar" in res["summary"]
+
+
+def test_gallery_says_when_grad_cam_is_zero_and_gives_every_map_its_range(tmp_path, monkeypatch):
+    """A CNN whose only logit falls with every channel (all fc weights negative) has Grad-CAM 0 on
+    every image: the panel says so instead of showing a bare image; every caption has the raw range."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import medvit.explain
+    from medvit.compare.maps import disagreement_gallery
+    from medvit.models import create_backbone
+
+    torch.manual_seed(0)
+    images = torch.rand(4, 1, 16, 16)
+
+    class Images:
+        def __getitem__(self, i):
+            return images[i], 0
+
+        def load(self, i):
+            return images[i, 0].numpy()
+
+    runs = []
+    for name, sign in (("neg", -1.0), ("pos", 1.0)):
+        model = create_backbone("cnn_test", num_classes=1, in_chans=1, img_size=16).eval()
+        with torch.no_grad():
+            model.fc.weight.fill_(sign)  # pooled ReLU maps >= 0: the logit only falls (neg) or rises (pos)
+        frame = pd.DataFrame({"image_id": [f"i{i}" for i in range(4)], "label": [0, 1, 0, 1],
+                              "prob": [0.1, 0.2, 0.3, 0.4] if sign < 0 else [0.9, 0.8, 0.3, 0.6]})
+        runs.append(SimpleNamespace(name=name, model=model, frame=frame, dataset=Images(), binary=True,
+                                    threshold=0.5, device=torch.device("cpu")))
+    captions = []
+    real = medvit.explain.save_panel
+    monkeypatch.setattr(medvit.explain, "save_panel",
+                        lambda full, maps, path, **kw: (captions.append(list(maps)), real(full, maps, path, **kw))[1])
+    items = disagreement_gallery(runs, tmp_path, k=2)
+    assert len(items) == 2 and len(captions) == 2
+    for item, (neg, pos) in zip(items, captions):
+        assert item["map_ranges"]["neg"] == [0.0, 0.0] and item["map_notes"] == {
+            "neg": "no positive evidence: Grad-CAM is zero"}
+        lo, hi = item["map_ranges"]["pos"]
+        assert 0.0 <= lo < hi  # a real map: its raw range
+        assert neg.endswith("map range 0–0\nno positive evidence: Grad-CAM is zero")
+        assert f"map range {lo:.3g}–{hi:.3g}" in pos and "no positive evidence" not in pos
+        with Image.open(tmp_path / item["figure"]) as im:
+            assert im.format == "PNG"
+
+
+def test_report_captions_carry_every_map_range(synth_flow):
+    _, _, report = synth_flow
+    res = json.loads((report / "compare.json").read_text())
+    html = (report / "index.html").read_text()
+    for g in res["gallery"]:
+        assert set(g["map_ranges"]) == {"cnn", "vit"}
+        for name, (lo, hi) in g["map_ranges"].items():
+            assert lo <= hi and f"map range {lo:.3g}–{hi:.3g}" in html
+            assert (g["map_notes"].get(name) == "no positive evidence: Grad-CAM is zero") == (name == "cnn" and hi == 0)

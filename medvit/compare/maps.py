@@ -23,9 +23,9 @@ def disagreement_gallery(runs: list[Run], out: Path, k: int) -> list[dict]:
     confidently right, the other confidently wrong first), taking turns between the runs that are
     right so each run's wins appear; then, when fewer than k such images
     exist, the largest spreads among the rest (`split` False). One panel each: every run's map on
-    one colour scale, its probability and right/wrong in the title."""
+    one colour scale, its probability, right/wrong and the raw map's range in the title (`_map`)."""
     from medvit.compare.runs import correct
-    from medvit.explain import explain, save_panel
+    from medvit.explain import save_panel
 
     if k <= 0:
         return []
@@ -53,19 +53,47 @@ def disagreement_gallery(runs: list[Run], out: Path, k: int) -> list[dict]:
     for i in order:
         image_id = str(runs[0].frame["image_id"].iloc[i])
         full = runs[0].dataset.load(i)
-        maps = {}
+        maps, ranges, notes = {}, {}, {}
         for r, model, method, ok in zip(runs, models, methods, right[:, i]):
-            x = r.dataset[i][0][None].to(r.device)
-            heat = explain(model, x, method)[0]
-            maps[f"{r.name} ({method})\np={r.frame['prob'].iloc[i]:.2f} {'right' if ok else 'wrong'}"] = heat
+            heat, ranges[r.name], note = _map(model, r.dataset[i][0][None].to(r.device), method)
+            caption = f"{r.name} ({method})\np={r.frame['prob'].iloc[i]:.2f} {'right' if ok else 'wrong'}"
+            caption += f"\nmap range {_num(ranges[r.name][0])}–{_num(ranges[r.name][1])}"
+            if note:
+                notes[r.name] = note
+                caption += f"\n{note}"
+            maps[caption] = heat
         name = f"gallery/{_safe(image_id)}.png"
         save_panel(full, maps, out / name, title=f"image {image_id}, label {int(y[i])}")
         items.append({"image_id": image_id, "label": int(y[i]), "figure": name, "spread": float(spread[i]),
                       "split": bool(split[i]),
                       "probs": {r.name: float(r.frame["prob"].iloc[i]) for r in runs},
                       "right": {r.name: bool(ok) for r, ok in zip(runs, right[:, i])},
-                      "methods": {r.name: m for r, m in zip(runs, methods)}})
+                      "methods": {r.name: m for r, m in zip(runs, methods)},
+                      "map_ranges": ranges, "map_notes": notes})
     return items
+
+
+def _map(model, x, method: str) -> tuple[np.ndarray, list[float], str]:
+    """(the map in [0, 1] as every panel shows it, [min, max] of the raw map, a note or ""). A raw
+    map with no contrast is drawn as zeros, which reads like a missing map: the note says why."""
+    import torch
+
+    from medvit.explain import explain, unit_range
+
+    raw = explain(model, x, method, scale=False)[0]
+    lo, hi = float(raw.min()), float(raw.max())
+    heat = unit_range(torch.from_numpy(raw)[None])[0].numpy()  # what explain() shows: flat -> 0
+    if hi <= 0 and method == "gradcam":  # Grad-CAM is a ReLU: zero = nothing supports the class
+        note = "no positive evidence: Grad-CAM is zero"
+    elif hi <= lo:
+        note = f"flat map: every value is {_num(hi)}"
+    else:
+        note = ""
+    return heat.astype(np.float32), [lo, hi], note
+
+
+def _num(v: float) -> str:
+    return f"{v:.3g}"
 
 
 def _safe(text: str) -> str:

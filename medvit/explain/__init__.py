@@ -48,20 +48,21 @@ def resolve_method(model: nn.Module, method: str = "auto") -> str:
     return method
 
 
-def explain(model: nn.Module, images: torch.Tensor, method: str = "auto") -> np.ndarray:
-    """(B, H, W) float32 maps in [0, 1] (each min-max scaled), upsampled bilinearly to the
-    input canvas H x W. attention = last-layer CLS attention averaged over heads; rollout =
-    attention rollout; gradcam = Grad-CAM of the predicted class (binary: the logit)."""
+def explain(model: nn.Module, images: torch.Tensor, method: str = "auto", *, scale: bool = True) -> np.ndarray:
+    """(B, H, W) float32 maps in [0, 1] (each min-max scaled; `scale=False`: the raw values, e.g.
+    to report a map's range), upsampled bilinearly to the input canvas H x W. attention =
+    last-layer CLS attention averaged over heads; rollout = attention rollout; gradcam = Grad-CAM
+    of the predicted class (binary: the logit)."""
     method = resolve_method(model, method)
     if method == "gradcam":
-        maps = gradcam(model, images)
+        maps = gradcam(model, images, scale=scale)
     elif method == "attention":
         maps = cls_attention(model, images)[:, -1].mean(1)  # (B, gh, gw)
     else:
         maps = attention_rollout(model, images)
     maps = F.interpolate(maps[:, None].float(), size=tuple(images.shape[-2:]), mode="bilinear",
                          align_corners=False)[:, 0]
-    return unit_range(maps).numpy().astype(np.float32)
+    return (unit_range(maps) if scale else maps).numpy().astype(np.float32)
 
 
 def class_mean_maps(model: nn.Module, loader: Iterable, method: str = "auto") -> dict[int, np.ndarray]:

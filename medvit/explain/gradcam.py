@@ -65,8 +65,10 @@ def _scores(logits: torch.Tensor, target_class: int | None) -> torch.Tensor:
     return logits.gather(1, targets[:, None])[:, 0]
 
 
-def gradcam(model: nn.Module, images: torch.Tensor, target_class: int | None = None) -> torch.Tensor:
-    """(B, H, W) Grad-CAM in [0, 1] (high = supports the target), at the input's size, on the CPU.
+def gradcam(model: nn.Module, images: torch.Tensor, target_class: int | None = None, *,
+            scale: bool = True) -> torch.Tensor:
+    """(B, H, W) Grad-CAM in [0, 1] (high = supports the target), at the input's size, on the CPU;
+    `scale=False`: before the min-max scaling (all zero where nothing supports the target).
 
     Target: `target_class`, else each image's predicted class; a binary model (one logit) is
     explained through that logit. The model runs in eval mode (its mode is restored after)."""
@@ -83,4 +85,4 @@ def gradcam(model: nn.Module, images: torch.Tensor, target_class: int | None = N
     weights = grads.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1)
     cam = F.relu((weights * acts).sum(dim=1, keepdim=True)).detach()  # (B, 1, h, w)
     cam = F.interpolate(cam.float(), size=tuple(images.shape[2:]), mode="bilinear", align_corners=False)
-    return unit_range(cam[:, 0]).cpu()
+    return (unit_range(cam[:, 0]) if scale else cam[:, 0]).cpu()
