@@ -303,11 +303,11 @@ def train_tags(cfg: Any, spec: dict, data_identity: dict) -> dict:
     """backbone, patch, canvas, data kind and fingerprint, medvit version, git commit."""
     from medvit import __version__
 
-    patch = (spec.get("kwargs") or {}).get("patch_size") if isinstance(spec, dict) else None
+    name = (spec or {}).get("name") or cfg.model.backbone
+    patch = (spec or {}).get("kwargs", {}).get("patch_size") or cfg.model.patch_size or _default_patch(name)
     ident = {k: v for k, v in (data_identity or {}).items() if k != "dir"}  # a folder moved is the same data
     fingerprint = ident.get("split_sha1") or _sha1(json.dumps(ident, sort_keys=True, default=str))
-    return {"backbone": (spec or {}).get("name") or cfg.model.backbone,
-            "patch": patch or cfg.model.patch_size or None, "canvas": _canvas(cfg.data.image_size),
+    return {"backbone": name, "patch": patch, "canvas": _canvas(cfg.data.image_size),
             "data_kind": cfg.data.kind, "data_fingerprint": fingerprint, "medvit_version": __version__,
             "mlflow.source.git.commit": git_commit()}
 
@@ -448,6 +448,16 @@ def _version() -> str:
     from medvit import __version__
 
     return __version__
+
+
+def _default_patch(backbone: str) -> int | None:
+    """A ViT's own patch size when the config leaves it to the builder; None for a CNN."""
+    from medvit.models import backbone_default, backbone_kind
+
+    try:
+        return backbone_default(backbone, "patch_size") if backbone_kind(backbone) == "vit" else None
+    except Exception:  # a backbone the registry does not describe: no patch tag
+        return None
 
 
 def _canvas(size: Any) -> str | None:
