@@ -334,3 +334,41 @@ def test_seed_documents_are_named_by_title_not_by_a_folder():
         doc = " ".join(module.__doc__.split())
         assert "Comparative analysis of structure and performance" in doc, module.__name__
         assert not re.search(r"(^|[\s(`])(\.\.)?/?\w+/seeds/|(^|[\s(`])/\w+/", doc), module.__name__  # no folder path
+
+
+@pytest.mark.parametrize("failure", ["no_token", "rejected"])
+def test_joining_a_token_cluster_without_the_token_is_one_clear_error(monkeypatch, failure, tmp_path, capsys):
+    """Ray 2.60's two failures without the head's token (observed against `ray start --head`):
+    AuthenticationError when RAY_AUTH_MODE=token finds no token; ConnectionError after retries
+    (InvalidAuthToken logged) when the driver sends none. Both name the address and the fix."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    from medvit.cli import main
+    from medvit.data.benchmarks import write_mnist
+    from medvit.errors import MedvitError
+    from medvit.studies.runner import ray_session
+
+    def init(address=None, **kw):
+        assert address == "head.example:6379"
+        if failure == "no_token":
+            raise AuthenticationError("Token authentication is enabled but no authentication token was found")
+        raise ConnectionError(f"Failed to connect to Ray cluster at {address}")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as a fresh driver: the module's Ray is not used
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: pytest.fail("nothing was started: nothing to shut down"))
+    with pytest.raises(MedvitError) as err:
+        with ray_session("head.example:6379"):
+            pytest.fail("no session without the token")
+    message = str(err.value)
+    assert "head.example:6379" in message and "\n" not in message
+    assert "RAY_AUTH_MODE=token" in message and "RAY_AUTH_TOKEN" in message and "~/.ray/auth_token" in message
+    assert ("InvalidAuthToken" in message) == (failure == "rejected")
+    # the CLI: one line on stderr, exit code 2
+    rng = np.random.default_rng(0)
+    write_mnist(tmp_path / "mnist", *_images(rng, 40, (28, 28), None), *_images(rng, 10, (28, 28), None))
+    assert main(["study", "learning-curve", "--data", str(tmp_path / "mnist"), "--out", str(tmp_path / "lc"),
+                 "--points", "16", "--seeds", "1", "--address", "head.example:6379"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medvit study: error:") and "head.example:6379" in lines[0]

@@ -118,15 +118,36 @@ def _test_columns(report: dict) -> dict:
 
 @contextlib.contextmanager
 def ray_session(address: str | None, local_cpus: int = 0) -> Iterator[Any]:
-    """An existing Ray connection as is; else join `address`, or start a local Ray (shut down after)."""
+    """An existing Ray connection as is; else join `address`, or start a local Ray (shut down after).
+
+    Token authentication (Ray 2.60): `ray start --head` turns it on when RAY_AUTH_MODE=token or a
+    token exists (~/.ray/auth_token, which any local `ray.init()` writes). A driver joining by
+    address is then admitted only with RAY_AUTH_MODE=token and the head's token (RAY_AUTH_TOKEN,
+    the file RAY_AUTH_TOKEN_PATH names, or ~/.ray/auth_token); without them Ray raises
+    AuthenticationError (mode on, no token) or retries for ~20 s logging InvalidAuthToken and
+    raises ConnectionError. Both become one MedvitError naming the address and the fix."""
     import ray
+    from ray.exceptions import AuthenticationError
+
+    from medvit.errors import MedvitError
 
     if ray.is_initialized():
         yield ray
         return
     env = {"env_vars": {"TQDM_DISABLE": "1"}}  # no progress bars from workers: the driver prints one line a run
     if address:
-        ray.init(address=address, runtime_env=env)
+        token = ("set RAY_AUTH_MODE=token and the head's token (`ray get-auth-token` on the head) as RAY_AUTH_TOKEN, "
+                 "in a file named by RAY_AUTH_TOKEN_PATH or in ~/.ray/auth_token, for this command and for "
+                 "`ray start` on every node (README: Seed studies, cluster)")
+        try:
+            ray.init(address=address, runtime_env=env)
+        except AuthenticationError as e:
+            raise MedvitError(f"Ray cluster at {address}: token authentication is on but this process has no "
+                              f"token; {token}") from e
+        except ConnectionError as e:
+            raise MedvitError(f"cannot join the Ray cluster at {address} ({e}): if Ray logged InvalidAuthToken "
+                              f"above, the cluster uses token authentication: {token}; otherwise check that "
+                              "`ray start --head` runs there and the port is reachable") from e
     else:
         ray.init(num_cpus=local_cpus or None, include_dashboard=False, runtime_env=env)
     try:
