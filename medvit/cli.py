@@ -17,7 +17,7 @@ from medvit import __version__
 from medvit.errors import MedvitError
 
 # Only commands that exist are listed: no placeholders.
-COMMANDS = ["synth", "ingest", "train", "evaluate", "explain", "predict", "compare", "study", "analyze"]
+COMMANDS = ["synth", "ingest", "train", "pretrain", "evaluate", "explain", "predict", "compare", "study", "analyze"]
 
 
 def _available_commands() -> list[str]:

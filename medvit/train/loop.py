@@ -93,7 +93,7 @@ class Trainer:
 
     def _wrap_ddp(self):
         if not self.dist.enabled:
-            return self.model
+            return self.net
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None

@@ -29,27 +29,23 @@ def loss_and_probs(logits, labels, binary: bool, label_smoothing: float = 0.0):
 
 
 def train_step(trainer, images, labels) -> dict:
-    """Forward, backward, clip, step, schedule, EMA. Returns plain numbers for the logs."""
+    """The objective's forward and loss, then backward, clip, step, schedule, EMA (and the
+    objective's own after-step update). Returns plain numbers for the logs."""
     import torch
 
-    dev = trainer.device
-    images = images.to(dev, non_blocking=True)
-    labels = labels.to(dev, non_blocking=True)
-    with autocast(dev, trainer.amp):
-        logits = trainer.ddp_model(images)
-    loss, _, pred = loss_and_probs(logits, labels, trainer.binary, trainer.cfg.train.label_smoothing)
+    loss, out = trainer.objective.loss(trainer, images, labels)
     trainer.optimizer.zero_grad(set_to_none=True)
     trainer.scaler.scale(loss).backward()
     if trainer.cfg.optim.grad_clip:
         trainer.scaler.unscale_(trainer.optimizer)
-        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.cfg.optim.grad_clip)
+        torch.nn.utils.clip_grad_norm_(trainer.net.parameters(), trainer.cfg.optim.grad_clip)
     trainer.scaler.step(trainer.optimizer)
     trainer.scaler.update()
     trainer.scheduler.step()
     if trainer.ema is not None:
         trainer.ema.update_parameters(trainer.model)
-    return {"loss": float(loss.detach()), "n": int(labels.numel()),
-            "errors": int((pred != labels).sum())}
+    trainer.objective.after_step(trainer)
+    return {"loss": float(loss.detach()), **out}
 
 
 def predict_loader(trainer, loader):
