@@ -194,12 +194,12 @@ def test_helpers_live_where_a_newcomer_looks(tmp_path, monkeypatch):
     calls = []
     real = medvit.manifest.read_manifest
     monkeypatch.setattr(medvit.ingest, "read_manifest", lambda *a, **k: calls.append(a) or real(*a, **k))
-    assert ingest_size(data) == 24 and calls
+    assert ingest_size(data) == (24, 24) and calls
     # reading the ingest size costs no torch import (predict and train call it before any model)
-    code = ("import sys, medvit.ingest as i; assert i.ingest_size(sys.argv[1]) == 24; "
+    code = ("import sys, medvit.ingest as i; assert i.ingest_size(sys.argv[1]) == (24, 24); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code, str(data)], check=True)
-    assert ingest_size(tmp_path / "nowhere") == DEFAULT_SIZE == 512
+    assert ingest_size(tmp_path / "nowhere") == (DEFAULT_SIZE, DEFAULT_SIZE) == (512, 512)
     for fn in (preprocess, create_backbone, datasets.MammoDataset.__init__, datasets.mammo_splits):
         params = inspect.signature(fn).parameters
         assert DEFAULT_SIZE in {params[k].default for k in ("size", "img_size", "image_size") if k in params}

@@ -170,18 +170,15 @@ def data_manifest(runs: list[Run]) -> pd.DataFrame | None:
 
 
 def _labels_csv(data_dir: Path) -> Path | None:
-    import json
+    from medvit.ingest import ingest_settings
 
-    path = data_dir / "ingest.json"
-    if not path.is_file():
-        return None
-    labels = json.loads(path.read_text(encoding="utf-8")).get("settings", {}).get("labels")
+    labels = ingest_settings(data_dir).get("labels")
     return Path(labels) if labels and Path(labels).is_file() else None
 
 
 def masks_dir(runs: list[Run], given: str | None = None) -> Path | None:
     """Synth lesion masks for the pointing game: `given`, else SRC/lesion_masks of the ingest."""
-    import json
+    from medvit.ingest import ingest_settings
 
     if given:
         p = Path(given)
@@ -189,10 +186,9 @@ def masks_dir(runs: list[Run], given: str | None = None) -> Path | None:
             raise ConfigError(f"--masks {given}: not a folder")
         return p
     d = runs[0].cfg.data
-    path = Path(d.dir) / "ingest.json"
-    if d.kind != "mammo" or not path.is_file():
+    if d.kind != "mammo":
         return None
-    src = json.loads(path.read_text(encoding="utf-8")).get("settings", {}).get("src")
+    src = ingest_settings(d.dir).get("src")
     p = Path(src) / "lesion_masks" if src else None
     return p if p is not None and p.is_dir() else None
 

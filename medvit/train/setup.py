@@ -51,17 +51,15 @@ def data_identity(cfg: Config) -> dict:
     """What a run was trained and selected on, saved in its checkpoints so `compare` can refuse
     runs trained on different ingests or folds: data kind and folder, fold (mammograms),
     the ingest settings that place images in folds / the test split, and `split_fingerprint`."""
-    import json
     from pathlib import Path
+
+    from medvit.ingest import ingest_settings
 
     d = cfg.data
     ident: dict = {"kind": d.kind, "dir": str(Path(d.dir).resolve())}
     if d.kind != "mammo":
         return ident
-    ingest_json = Path(d.dir) / "ingest.json"
-    settings = {}
-    if ingest_json.is_file():
-        settings = json.loads(ingest_json.read_text(encoding="utf-8")).get("settings", {})
+    settings = ingest_settings(d.dir)
     ident.update(fold=int(d.fold), ingest={k: settings.get(k) for k in SPLIT_SETTINGS},
                  split_sha1=split_fingerprint(d.dir))
     return ident
