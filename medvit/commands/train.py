@@ -43,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "ingest canvas, 32 CIFAR-10, 28 MNIST)")
     p.add_argument("--seed", type=int)
     p.add_argument("--pretrained", action="store_true", help="start from timm's ImageNet weights (needs the hub)")
-    p.add_argument("--weights", help="start from a state dict on disk (3->1 channel stem adapted)")
+    p.add_argument("--weights", "--init", dest="weights", metavar="FILE_OR_RUN_DIR",
+                   help="start from a state dict on disk (3->1 channel stem adapted) or a run folder, e.g. a "
+                        "`medvit pretrain` run (--init RUN_DIR: its encoder, a fresh classifier)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
     p.add_argument("--list", action="store_true", help="list the registered backbones and exit")
     tracking.add_flags(p)

@@ -2,6 +2,7 @@
 classifier, a forward through (DDP-wrapped) `trainer.net`, the provenance record."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -81,10 +82,21 @@ class SelfSupervised(Objective):
                               f"{trainer.cfg.model.backbone} is a {kind}")
         width = strip_classifier(trainer.model)
         self.record = {"method": self.name, "images": len(trainer.data.train),
-                       "data": [trainer.cfg.data.dir, *self.p.extra_dirs],
-                       "include_test": bool(self.p.include_test), "run": str(trainer.run_dir),
+                       "data": [str(Path(d).resolve()) for d in [trainer.cfg.data.dir, *self.p.extra_dirs]],
+                       "include_test": bool(self.p.include_test), "run": str(Path(trainer.run_dir).resolve()),
                        "backbone": trainer.cfg.model.backbone}
-        return self.make_net(trainer, width).to(trainer.device)
+        self.net = self.make_net(trainer, width).to(trainer.device)
+        return self.net
+
+    def state_dict(self) -> dict:
+        """The parts beside the encoder (decoder, heads): the encoder is the checkpoint's "model"."""
+        return {"net": {k: v for k, v in self.net.state_dict().items() if not k.startswith("encoder.")}}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing, unexpected = self.net.load_state_dict(state["net"], strict=False)
+        if unexpected or any(not k.startswith("encoder.") for k in missing):
+            raise ConfigError(f"checkpoint of another pretraining set-up (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
 
     def loss(self, trainer, images, labels) -> tuple[Any, dict]:
         dev = trainer.device

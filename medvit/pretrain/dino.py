@@ -119,8 +119,9 @@ class DINO(SelfSupervised):
                     t.copy_(s)
 
     def state_dict(self) -> dict:
-        return {"teacher": self.teacher.state_dict(), "center": self.center.cpu()}
+        return {**super().state_dict(), "teacher": self.teacher.state_dict(), "center": self.center.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self.teacher.load_state_dict(state["teacher"])
         self.center = state["center"].to(self.center.device)

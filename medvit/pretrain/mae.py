@@ -175,4 +175,4 @@ def reconstruct(net: MAENet, x: torch.Tensor, pred: torch.Tensor, mask: torch.Te
     m = mask[..., None]
     masked = unpatchify(target * (1 - m), net.grid, net.ph, net.pw, net.in_chans)
     recon = unpatchify(target * (1 - m) + pred * m, net.grid, net.ph, net.pw, net.in_chans)
-    return masked[:, 0].cpu().numpy(), recon[:, 0].clamp(0, 1).cpu().numpy()
+    return masked[:, 0].detach().cpu().numpy(), recon[:, 0].clamp(0, 1).detach().cpu().numpy()

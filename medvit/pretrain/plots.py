@@ -27,11 +27,12 @@ def plot_loss(run_dir: Path, title: str) -> Path | None:
     """RUN_DIR/loss_curve.png: the loss per logged step and the mean per epoch."""
     run_dir = Path(run_dir)
     steps, epochs = run_dir / "metrics_step.csv", run_dir / "metrics_epoch.csv"
-    if not steps.is_file():
+    if not steps.is_file() and not epochs.is_file():
         return None
     fig, (ax,) = _figure(size=(6.0, 4.0))
-    s = pd.read_csv(steps)
-    ax.plot(s["step"], s["loss"], lw=0.8, alpha=0.6, label="step")
+    if steps.is_file():  # every train.log_every steps
+        s = pd.read_csv(steps)
+        ax.plot(s["step"], s["loss"], lw=0.8, alpha=0.6, label="step")
     if epochs.is_file():
         e = pd.read_csv(epochs)
         if len(e):
