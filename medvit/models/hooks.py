@@ -1,7 +1,7 @@
 """The two context managers every reader of a model's insides uses (explain, analysis):
 
-- `eval_no_grad(model)`: eval mode and no grad inside; every submodule's train/eval flag restored
-  on exit (a model whose BatchNorm was frozen in eval keeps it so).
+- `eval_no_grad(model)`: eval mode and no grad inside (`grad=True`: eval mode only, for Grad-CAM);
+  every submodule's train/eval flag restored on exit (a BatchNorm frozen in eval stays so).
 - `forward_hooks(pairs)`: forward hooks on (module, hook) pairs, registered on entry and always
   removed on exit, also when the body raises (the pytorch-grad-cam pattern). Adapters build the
   pairs: `medvit.analysis.common.output_hooks` (by module name), `medvit.explain.attention.qkv_hooks`.
