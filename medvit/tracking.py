@@ -279,8 +279,9 @@ def start_training(track: Tracking, run_dir: str | Path, cfg: Any, spec: dict, d
     from medvit.config import config_to_dict
 
     uri = resolve_uri(track.uri, run_dir)
+    method = getattr(getattr(cfg, "pretrain", None), "method", "")  # a self-supervised objective: `medvit pretrain`
     t = open_run(uri, run_dir, track.run_name or Path(run_dir).name, track.parent_run_id,
-                 tags={"medvit_command": "train"})
+                 tags={"medvit_command": "pretrain" if method else "train", "objective": method or "supervised"})
     t.checkpoints = track.checkpoints
     t.params({**flatten(config_to_dict(cfg)), **track.params})
     t.tags({**train_tags(cfg, spec, data_identity), **track.tags})
@@ -288,12 +289,13 @@ def start_training(track: Tracking, run_dir: str | Path, cfg: Any, spec: dict, d
 
 
 def finish_training(t: Tracker, run_dir: str | Path, summary: dict | None, status: str = "FINISHED") -> None:
-    """The run's files as artifacts (checkpoints when asked), the stop reason, the end status."""
+    """The run's files and figures as artifacts (checkpoints when asked), the stop reason, the end status."""
     run_dir = Path(run_dir)
     if summary:
         t.tags({"stop_reason": summary.get("stop_reason")})
     t.flush()
-    t.artifacts([run_dir / n for n in ("config.yaml", "metrics_step.csv", "metrics_epoch.csv", "train.log")])
+    t.artifacts([run_dir / n for n in ("config.yaml", "metrics_step.csv", "metrics_epoch.csv", "train.log")]
+                + sorted(run_dir.glob("*.png")))  # e.g. pretrain's reconstruction figure
     if t.checkpoints:
         t.artifacts([run_dir / "checkpoints" / "best.pt", run_dir / "checkpoints" / "last.pt"], "checkpoints")
     t.end(status)

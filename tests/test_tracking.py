@@ -152,6 +152,7 @@ def test_train_run_has_config_params_step_metrics_tags_and_artifacts(flow):
     assert p["data.dir"] == str(flow["root"] / "data")
     t = run.data.tags
     assert t["backbone"] == "cnn_test" and t["canvas"] == "32x32" and t["data_kind"] == "mammo"
+    assert t["medvit_command"] == "train" and t["objective"] == "supervised" and "patch" not in t
     assert t["medvit_version"] and len(t["data_fingerprint"]) == 40 and t["stop_reason"] == "epochs=2"
     assert len(t["mlflow.source.git.commit"]) == 40  # medvit's commit: the tests run from a checkout
     steps = pd.read_csv(runs / "cnn" / "metrics_step.csv")
