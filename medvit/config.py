@@ -38,6 +38,7 @@ class DataConfig:
     pos_fraction: float = 0.25  # share of positives in each balanced batch
     label_noise: float = 0.0  # fraction of training labels replaced by another class (seed 000)
     train_size: int = 0  # 0 = all; else a stratified subset (learning curves)
+    label_fraction: float = 1.0  # mammo: train on this share of the training patients (nested, stratified)
     val_size: float = 0.1  # cifar10/mnist: validation carved from the training file (fraction < 1 or count); 0 = none
     classes: list = field(default_factory=list)  # cifar10/mnist: keep these classes only, e.g. [5, 8]
     channels: Optional[int] = None  # cifar10/mnist: 1 (grey) or 3; None = the data's own

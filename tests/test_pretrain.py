@@ -194,3 +194,49 @@ def test_kill_9_and_resume_matches_uninterrupted(unlabelled, tmp_path):
     assert torch.equal(a["objective"]["center"], b["objective"]["center"])
     pd.testing.assert_frame_equal(pd.read_csv(full / "metrics_epoch.csv").drop(columns="elapsed"),
                                   pd.read_csv(run / "metrics_epoch.csv").drop(columns="elapsed"))
+
+
+def test_label_efficiency_study_pairs_pretrained_and_scratch(labelled, tmp_path):
+    """Reduced: one SimCLR encoder, fractions 0.5 and 1 of the training patients, one seed, on Ray."""
+    import ray
+
+    from medvit.studies import run_study
+
+    data = tmp_path / "data"  # the module's labelled folder, with fold 2 as the --test-share split
+    manifest = pd.read_csv(labelled / "manifest.csv")
+    manifest["split"] = np.where(manifest["fold"] == 2, "test", "train")
+    manifest.loc[manifest["split"] == "test", "fold"] = -1
+    (data / "images").mkdir(parents=True)
+    for name in manifest["cache"]:
+        (data / name).write_bytes((labelled / name).read_bytes())
+    manifest.to_csv(data / "manifest.csv", index=False)
+    pre = tmp_path / "simclr"
+    fit(load_config(None, pretrain_args(data, "simclr", "train.epochs=1")), pre)
+
+    ray.init(num_cpus=2, object_store_memory=100 * 1024**2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}})
+    try:
+        out = tmp_path / "le"
+        run_study("label-efficiency", out, overrides=[
+            f"data.dir={data}", "data.workers=0", "train.epochs=2", "train.device=cpu", "data.batch_size=4",
+            f"study.pretrained=[{pre}]", "study.points=[0.5,1.0]", "study.n_boot=50"], log=lambda s: None)
+    finally:
+        ray.shutdown()
+    df = pd.read_csv(out / "results.csv")
+    assert (df["status"] == "ok").all(), df["error"].tolist()
+    assert sorted(df["arm"].unique()) == ["scratch-cnn_test", "simclr-cnn_test"]
+    assert sorted(df["point"].unique()) == [0.5, 1.0] and (df["scored_on"] == "test").all()
+    assert (df["n_test"] == 16).all()  # the same 4 held-out patients x 4 images in every arm
+    half = load_checkpoint(Path(df.loc[df["point"] == 0.5, "run_dir"].iloc[0]) / "checkpoints" / "last.pt")
+    assert half["config"]["data"]["label_fraction"] == 0.5
+    tuned = df[df["arm"] == "simclr-cnn_test"]
+    assert all(load_checkpoint(Path(r) / "checkpoints" / "last.pt")["init"]["method"] == "simclr"
+               for r in tuned["run_dir"])
+    import json
+
+    tests = json.loads((out / "fit.json").read_text())["delong"]
+    assert [(t["fraction"], t["n_test"]) for t in tests] == [(0.5, 16), (1.0, 16)]
+    assert all(0 <= t["p"] <= 1 for t in tests)
+    table = (out / "table.md").read_text()
+    assert "paired DeLong" in table and "| simclr-cnn_test | 0.5 |" in table
+    assert (out / "label_efficiency.png").stat().st_size > 1000

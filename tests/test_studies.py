@@ -72,7 +72,8 @@ def test_every_study_config_expands_to_its_documented_grid(tmp_path):
             t = r.config["train"]
             assert t["epochs"] < 10_000 or t["max_steps"] > 0 or t["max_wall"] > 0, (name, r.arm)
     assert sizes == {"vit-vs-cnn": 2, "patch-size": 3, "double-descent": (10 + 10) * 3 * 3,
-                     "learning-curve": 2 * 8 * 4, "heads-layers": (5 + 3 + 2) * 8 * 4, "mammo-patch": 3}
+                     "learning-curve": 2 * 8 * 4, "heads-layers": (5 + 3 + 2) * 8 * 4, "mammo-patch": 3,
+                     "label-efficiency": 0}  # its arms come from --pretrained runs (tests/test_pretrain.py)
     s, base = load_study("learning-curve")
     cnn, vit = [r for r in expand("learning-curve", s, base, tmp_path) if r.point == 16384 and r.seed == 3]
     assert cnn.config["model"] == {**cnn.config["model"], "backbone": "basic_cnn", "kwargs": {"width": 10}}
@@ -314,7 +315,7 @@ def test_cli_lists_studies_and_takes_flags_and_overrides_intermixed(capsys, tmp_
     assert main(["study", "--list"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [ln.split()[0] for ln in lines] == ["vit-vs-cnn", "patch-size", "double-descent", "learning-curve",
-                                              "heads-layers", "mammo-patch"]
+                                              "heads-layers", "mammo-patch", "label-efficiency"]
     args, extra = build_parser().parse_known_args(
         ["study", "learning-curve", "--seeds", "2", "train.max_steps=5", "--points", "128,256", "--dataset",
          "cifar10", "--max-wall", "30", "--epochs", "3", "--data", str(tmp_path)])

@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, help="seeds per grid point (0..N-1)")
     p.add_argument("--points", help="the swept axis, comma-separated: widths (double-descent), p_train "
                                     "(learning-curve), patch sizes, H or L (heads-layers)")
+    p.add_argument("--pretrained", metavar="RUN_DIR[,RUN_DIR2]",
+                   help="label-efficiency: `medvit pretrain` runs, comma-separated (each: a pretrained and a scratch arm)")
     p.add_argument("--epochs", type=int, help="train.epochs of every run")
     p.add_argument("--max-wall", type=float, metavar="SECONDS", help="wall-clock limit of each run's training")
     p.add_argument("--address", metavar="RAY_ADDRESS", help="join this Ray cluster (default: start a local Ray)")
@@ -45,6 +47,11 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
         from medvit.studies.grid import parse_points
 
         items.append(f"study.points={parse_points(args.points)}")
+    if getattr(args, "pretrained", None):
+        import json
+
+        runs = [str(Path(r).resolve()) for r in args.pretrained.split(",") if r.strip()]
+        items.append(f"study.pretrained={json.dumps(runs)}")  # JSON is YAML
     return items + list(args.overrides)
 
 

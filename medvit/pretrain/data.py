@@ -138,3 +138,19 @@ def fixed_images(data: UnlabelledViews, n: int, size: tuple[int, int]) -> torch.
     out = [cv2.resize(data.image(i), (size[1], size[0]), interpolation=cv2.INTER_AREA)
            for i in range(min(n, len(data)))]
     return torch.stack([to_tensor(x) for x in out])
+
+
+def patient_subset(dataset: MammoDataset, fraction: float, seed: int) -> MammoDataset:
+    """The images of `fraction` of the dataset's patients: stratified (patients with a positive
+    image and the others, each group shuffled by `seed`, its first ceil(fraction * n) kept, at
+    least one), so for one seed a smaller fraction is always a subset of a larger one (nested)."""
+    if not 0 < fraction <= 1:
+        raise MedvitError(f"data.label_fraction {fraction}: a share of the training patients in (0, 1]")
+    frame = dataset.frame
+    positive = frame.groupby("patient_id")["label"].max().fillna(0) > 0
+    keep: list = []
+    for k, group in enumerate((positive[positive].index, positive[~positive].index)):
+        order = np.random.default_rng([int(seed), k]).permutation(np.asarray(sorted(group), dtype=object))
+        keep += list(order[:max(1, math.ceil(fraction * len(order)))] if len(order) else [])
+    rows = frame[frame["patient_id"].isin(keep)]
+    return MammoDataset(dataset.data_dir, rows, dataset.image_size, dataset.transform, dataset.seed)

@@ -15,7 +15,8 @@ from medvit.errors import ConfigError, suggest
 
 # swept axis -> the trainer config key it sets
 AXES = {"p_train": "data.train_size", "width": "model.kwargs.width", "patch": "model.patch_size",
-        "heads": "model.kwargs.heads", "layers": "model.kwargs.depth", "none": None}
+        "heads": "model.kwargs.heads", "layers": "model.kwargs.depth", "fraction": "data.label_fraction",
+        "none": None}
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ STUDIES = {s.name: s for s in [
              "(H, L) combinations against the CNN; alpha per variant", "heads"),
     StudyDef("mammo-patch", "002 section VI: the mammography ViT with patch 32 / 16 / 8 on an ingested "
              "folder (--data); test AUC with 95% CI per patch size", "patch"),
+    StudyDef("label-efficiency", "issue 15: scratch vs `medvit pretrain` encoders (--pretrained) at label "
+             "fractions of the training patients; test AUC with CI, paired DeLong per fraction", "fraction"),
 ]}
 
 
@@ -63,6 +66,8 @@ class StudySettings:
     layers: list = field(default_factory=list)  # L values of the layers sweep (--points sets them when sweep=[layers])
     p_train: list = field(default_factory=list)
     combined: list = field(default_factory=list)  # [[H, L], ...] ViT variants compared with the CNN
+    # label-efficiency only: `medvit pretrain` run folders; each gives a pretrained arm and a scratch arm
+    pretrained: list = field(default_factory=list)
 
 
 @dataclass
@@ -97,10 +102,36 @@ def load_study(name: str, config: str | Path | None = None, overrides: list[str]
     settings = StudySettings(**section)
     if settings.checkpoint not in ("last", "best"):
         raise ConfigError(f"study.checkpoint {settings.checkpoint!r}: valid: best, last")
-    if not settings.arms:
+    if name == "label-efficiency":  # no runs at all until --pretrained names some (run_grid says so)
+        settings.arms = pretrained_arms(settings.pretrained, settings.arms)
+    elif not settings.arms:
         raise ConfigError(f"study {name}: no arms (study.arms: name -> model/optim settings) in its config")
     config_from_dict(data)  # fail early on a bad trainer key
     return settings, data
+
+
+def pretrained_arms(runs: list, arms: dict) -> dict:
+    """label-efficiency: for each pretraining run, an arm fine-tuning its encoder ("<method>-<backbone>")
+    and a scratch arm of the same backbone, patch and canvas ("scratch-<backbone>"); `arms` are kept."""
+    from medvit.config import load_config
+
+    out = dict(arms)
+    for run in runs:
+        path = Path(run).resolve()
+        if not (path / "config.yaml").is_file():
+            raise ConfigError(f"{path}: not a `medvit pretrain` run folder (no config.yaml)")
+        cfg = load_config(path / "config.yaml")
+        if not cfg.pretrain.method:
+            raise ConfigError(f"{path}: a supervised run, not a `medvit pretrain` run")
+        m = cfg.model
+        tag = m.backbone + (f"-p{m.patch_size}" if m.patch_size else "")
+        model = {"backbone": m.backbone, "patch_size": m.patch_size}
+        same = {"data": {"image_size": cfg.data.image_size}}
+        out[f"scratch-{tag}"] = {"model": model, **same, "group": tag}
+        name = f"{cfg.pretrain.method}-{tag}"
+        name = f"{name}-{path.name}" if name in out else name
+        out[name] = {"model": {**model, "weights": str(path)}, **same, "group": tag}
+    return out
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:
@@ -123,7 +154,8 @@ def _arms(name: str, s: StudySettings) -> list[tuple[str, dict, str, list, str]]
                 continue
             over = dict(over)
             own = over.pop("points", None)
-            out.append((arm, over, axis, [None] if axis == "none" else list(s.points or own or []), ""))
+            group = str(over.pop("group", "") or "")  # label-efficiency: the backbone pairing the arms
+            out.append((arm, over, axis, [None] if axis == "none" else list(s.points or own or []), group))
         return out
     if not s.arms.get("vit"):
         raise ConfigError("heads-layers: study.arms needs a 'vit' arm (and 'cnn' for the combined comparison)")

@@ -278,6 +278,59 @@ def _curves_plot(curves: pd.DataFrame, path: Path, by: str, title: str) -> str:
     return _save(fig, path)
 
 
+def paired_delong(pretrained: pd.Series, scratch: pd.Series) -> dict:
+    """DeLong's test of two runs' AUCs on the same test images (their eval/predictions.csv)."""
+    from medvit.compare.stats import delong_test
+
+    a, b = (pd.read_csv(Path(r["run_dir"]) / "eval" / "predictions.csv") for r in (pretrained, scratch))
+    m = a.merge(b, on="image_id", suffixes=("_a", "_b"))
+    if len(m) != len(a) or len(m) != len(b):
+        raise MedvitError(f"{pretrained['run_dir']} and {scratch['run_dir']} were scored on different images")
+    t = delong_test(m["label_a"].to_numpy(), m["prob_a"].to_numpy(), m["prob_b"].to_numpy())
+    return {"arm": pretrained["arm"], "scratch": scratch["arm"], "fraction": float(pretrained["point"]),
+            "seed": int(pretrained["seed"]), "auc_pretrained": t["auc_a"], "auc_scratch": t["auc_b"],
+            "diff": t["diff"], "diff_ci": t["ci"], "p": t["p"], "n_test": len(m)}
+
+
+def _label_efficiency(df: pd.DataFrame, out: Path) -> tuple[str, list[str], dict]:
+    """Test AUC [CI] per arm and label fraction, a figure of AUC against the fraction, and the paired
+    DeLong test of each pretrained arm against the scratch arm of its backbone (same fraction, seed)."""
+    ok = _ok(df)
+    ok["point"] = pd.to_numeric(ok["point"])
+    rows, fig_ax = [], _fig(size=(6.0, 4.5))
+    fig, (ax,) = fig_ax
+    for arm, g in ok.groupby("arm", sort=True):
+        by = g.groupby("point")
+        auc, lo, hi = by["test_auc"].mean(), by["test_auc_lo"].mean(), by["test_auc_hi"].mean()
+        ax.errorbar(auc.index, auc, yerr=[auc - lo, hi - auc], marker="o", capsize=3, label=arm,
+                    ls="--" if arm.startswith("scratch-") else "-")
+        for frac in auc.index:
+            rows.append([arm, f"{frac:g}", f"{auc[frac]:.3f} [{lo[frac]:.3f}, {hi[frac]:.3f}]",
+                         int(by["n_test"].first()[frac]), len(by.get_group(frac))])
+    ax.set(xscale="log", xlabel="share of labelled training patients", ylabel="test AUC (95% CI)", ylim=(0, 1),
+           title="Label efficiency: pretrained vs scratch")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    plots = [_save(fig, out / "label_efficiency.png")]
+    tests = []
+    for group, g in ok.groupby("group"):
+        scratch = g[g["arm"].str.startswith("scratch-")]
+        for _, r in g[~g["arm"].str.startswith("scratch-")].iterrows():
+            match = scratch[(scratch["point"] == r["point"]) & (scratch["seed"] == r["seed"])]
+            if len(match):
+                tests.append(paired_delong(r, match.iloc[0]))
+    table = "## Label efficiency (test AUC, stratified bootstrap CI; mean over seeds)\n\n" + _md(
+        ["Arm", "Label fraction", "Test AUC [95% CI]", "n test", "Seeds"], rows)
+    if tests:
+        table += "\n\n## Pretrained vs scratch, paired DeLong on the same test images\n\n" + _md(
+            ["Arm", "vs", "Fraction", "Seed", "AUC pretrained", "AUC scratch", "Difference [95% CI]", "p"],
+            [[t["arm"], t["scratch"], f"{t['fraction']:g}", t["seed"], f"{t['auc_pretrained']:.3f}",
+              f"{t['auc_scratch']:.3f}", f"{t['diff']:+.3f} [{t['diff_ci'][0]:+.3f}, {t['diff_ci'][1]:+.3f}]",
+              f"{t['p']:.3g}"] for t in tests])
+    return table, plots, {"delong": tests}
+
+
 def redraw(out: str | Path) -> dict[str, Any]:
     """Rebuild table.md, the PNGs and fit.json from OUT/results.csv (and OUT/curves.csv)."""
     out = Path(out)
@@ -302,6 +355,8 @@ def redraw(out: str | Path) -> dict[str, Any]:
         table, plots, fit = _learning_curves(df, out)
     elif study == "heads-layers":
         table, plots, fit = _learning_curves(df, out, _heads_layers_groups(ok))
+    elif study == "label-efficiency":
+        table, plots, fit = _label_efficiency(df, out)
     else:
         raise MedvitError(f"{path}: unknown study {study!r}")
     if fit is None and study in ("double-descent", "learning-curve", "heads-layers"):

@@ -176,6 +176,11 @@ def run_grid(runs: list[RunSpec], s: StudySettings, address: str | None = None,
              track: dict | None = None) -> list[dict]:
     """Execute the runs not done yet on Ray; rows in grid order (done runs read from their marker).
     `track`: each run's MLflow tracking (see `payload`)."""
+    if not runs:
+        from medvit.errors import ConfigError
+
+        raise ConfigError("the study has no runs (label-efficiency: give --pretrained RUN_DIR[,RUN_DIR2], "
+                          "`medvit pretrain` run folders)")
     rows: dict[str, dict] = {}
     for run in runs:
         done = run.run_dir / RESULT

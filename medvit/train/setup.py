@@ -112,6 +112,10 @@ def build_data(cfg: Config) -> DataBundle:
             seed=cfg.train.seed,
         )  # the test split of `ingest --test-share` (None without one): scored once, at the end
         test = mammo_test_set(d.dir, d.image_size, build_transform(d.augment, train=False), cfg.train.seed)
+        if d.label_fraction != 1.0:  # label-efficiency study: fewer labelled patients, same val / test
+            from medvit.pretrain.data import patient_subset
+
+            train = patient_subset(train, d.label_fraction, cfg.train.seed)
     elif d.kind in ("cifar10", "mnist"):
         from medvit.data.benchmarks import benchmark_splits
 
