@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 Size = tuple[int, int]
-MIN_SIDE, MAX_SIDE = 8, 16384
+MIN_SIDE, MAX_SIDE = 1, 65535
 _TEXT = re.compile(r"^\s*(\d+)\s*(?:[xX×*,]\s*(\d+))?\s*$")
 
 
