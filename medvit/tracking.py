@@ -203,10 +203,10 @@ class Tracker:
 
 
 def open_run(uri: str, folder: str | Path, name: str, parent_run_id: str = "", reuse: bool = True,
-             tags: dict | None = None, running: bool = True) -> Tracker:
+             tags: dict | None = None, running: bool = True, create: bool = True) -> Tracker:
     """The MLflow run of `folder`: the one its mlflow.json names (same URI, still there) when
-    `reuse`, set RUNNING again when `running`; else a new one (its id then written to
-    folder/mlflow.json)."""
+    `reuse`, set RUNNING again when `running`; else a new one when `create` (its id then written
+    to folder/mlflow.json)."""
     mlflow = require()
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -218,6 +218,8 @@ def open_run(uri: str, folder: str | Path, name: str, parent_run_id: str = "", r
             if running:
                 client.update_run(old["run_id"], status="RUNNING")
             return Tracker(client, uri, old["run_id"], old["experiment_id"])
+        if not create:
+            raise TrackingError(f"{folder / RECORD}: its MLflow run is gone from {uri}")
         exp = (client.get_run(parent_run_id).info.experiment_id if parent_run_id else _experiment(client, uri))
         run_tags = {**(tags or {}), **({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})}
         run = client.create_run(exp, run_name=name, tags={k: _text(v) for k, v in run_tags.items()})
@@ -241,6 +243,11 @@ def read_record(folder: str | Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return rec if isinstance(rec, dict) and {"tracking_uri", "run_id", "experiment_id"} <= set(rec) else None
+
+
+def _recorded(folder: str | Path) -> str:
+    """The store folder/mlflow.json names: a bare --track on a resumed run or study goes on there."""
+    return (read_record(folder) or {}).get("tracking_uri", "")
 
 
 def _alive(client: Any, run_id: str) -> bool:
@@ -278,7 +285,7 @@ def start_training(track: Tracking, run_dir: str | Path, cfg: Any, spec: dict, d
     """The MLflow run of a training run (reused on resume): config params, tags. Main rank only."""
     from medvit.config import config_to_dict
 
-    uri = resolve_uri(track.uri, run_dir)
+    uri = resolve_uri(track.uri or _recorded(run_dir), run_dir)
     method = getattr(getattr(cfg, "pretrain", None), "method", "")  # a self-supervised objective: `medvit pretrain`
     t = open_run(uri, run_dir, track.run_name or Path(run_dir).name, track.parent_run_id,
                  tags={"medvit_command": "pretrain" if method else "train", "objective": method or "supervised"})
@@ -323,7 +330,7 @@ def log_evaluation(run_dir: str | Path, report: dict, out: str | Path | None = N
     if rec is None:
         return
     try:  # its status stays as training left it
-        t = open_run(rec["tracking_uri"], run_dir, Path(run_dir).name, running=False)
+        t = open_run(rec["tracking_uri"], run_dir, Path(run_dir).name, running=False, create=False)
     except TrackingError as err:  # the scores are on disk; the server being away must not lose them
         print(f"medvit: evaluate metrics not logged to MLflow: {err}", file=sys.stderr, flush=True)
         return
@@ -359,7 +366,7 @@ def start_study(track: Tracking | None, out: str | Path, name: str,
     without tracking."""
     if track is None:
         return None, None
-    uri = resolve_uri(track.uri, out)
+    uri = resolve_uri(track.uri or _recorded(out), out)
     t = open_run(uri, out, f"study-{name}-{Path(out).name}", tags={"medvit_command": "study", "study": name})
     t.params({f"study.{k}": v for k, v in settings.items()})
     t.tags({"medvit_version": _version(), "mlflow.source.git.commit": git_commit()})

@@ -182,10 +182,25 @@ def test_evaluate_metrics_land_on_the_same_run(flow):
     assert m["test_auc"] == pytest.approx(metrics["auc"])
     assert (m["test_auc_ci_lo"], m["test_auc_ci_hi"]) == pytest.approx(tuple(metrics["auc_ci"]))
     assert m["test_n"] == metrics["n"] and m["test_accuracy"] == pytest.approx(metrics["accuracy"])
-    last = pd.read_csv(runs / "cnn" / "metrics_step.csv")["step"].iloc[-1]
-    assert [h.step for h in c.get_metric_history(rec["run_id"], "test_auc")] == [last]
+    from medvit.train.checkpoint import load_checkpoint
+
+    step = load_checkpoint(runs / "cnn" / "checkpoints" / "best.pt")["counters"]["step"]
+    assert [h.step for h in c.get_metric_history(rec["run_id"], "test_auc")] == [step]  # the scored checkpoint's
     assert {"eval/metrics.json", "eval/roc.png"} <= artifact_paths(c, rec["run_id"])
     assert run.info.status == "FINISHED"  # evaluate leaves the status as training left it
+
+
+def test_evaluate_never_creates_a_run(flow, tmp_path, capsys):
+    """A run folder whose MLflow run is gone: one warning line, nothing new in the store."""
+    from medvit.tracking import log_evaluation
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / RECORD).write_text(json.dumps({**record(flow["runs"] / "cnn"), "run_id": "0" * 32}))
+    before = len(all_runs(flow["uri"]))
+    log_evaluation(gone, {"auc": 0.5, "split": "test", "checkpoint": "best.pt"})
+    assert "evaluate metrics not logged to MLflow" in capsys.readouterr().err
+    assert len(all_runs(flow["uri"])) == before
 
 
 def test_resume_continues_the_same_run(flow):
