@@ -230,6 +230,13 @@ def test_md5_check_can_be_turned_off_with_a_warning_naming_the_file(tmp_path):
         data = build_data(cfg)  # the trainer's data path reads the flag
     assert len(data.test) == 10000 and len(data.train) == 20 and len(seen) == 2
     assert load_config(None, []).data.verify_md5 is True  # on by default
+    from medvit.train import fit
+
+    cfg = load_config(None, [f"data.dir={tmp_path}", "data.kind=mnist", "data.verify_md5=false", "data.val_size=0",
+                             "model.backbone=basic_cnn", "train.max_steps=1", "data.workers=0", "data.batch_size=4"])
+    fit(cfg, tmp_path / "run")
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "t10k-images-idx3-ubyte.gz: md5 check off" in log  # the run's own log names the unchecked file
 
 
 def test_truncated_gzip_and_cifar_batch_name_the_file(tmp_path):

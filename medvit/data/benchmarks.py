@@ -322,13 +322,16 @@ def _to_gray(images: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(name: str, root: str, train: bool, stamp: tuple, verify_md5: bool = True
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """The decoded files, kept per process: a sweep worker runs many runs on the same files.
-    `stamp` (sizes and mtimes) makes a changed file miss the cache. Arrays are read-only."""
-    x, y = {"cifar10": load_cifar10, "mnist": load_mnist}[name](root, train, verify_md5)
+    `stamp` (sizes and mtimes) makes a changed file miss the cache. Arrays are read-only. The
+    warnings of the read (unchecked md5s) are kept too, so every run that uses the files says so."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        x, y = {"cifar10": load_cifar10, "mnist": load_mnist}[name](root, train, verify_md5)
     x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
     x.flags.writeable = y.flags.writeable = False
-    return x, y
+    return x, y, tuple(str(w.message) for w in seen)
 
 
 def _load(name: str, root: str | Path, train: bool, verify_md5: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -336,7 +339,10 @@ def _load(name: str, root: str | Path, train: bool, verify_md5: bool = True) -> 
     dirs = [d for d in (root, root / CIFAR_DIR, root / "MNIST" / "raw", root / "raw") if d.is_dir()]
     stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns)
                   for d in dirs for p in sorted(d.iterdir()) if p.is_file())
-    return _load_cached(name, str(root.resolve()), bool(train), stamp, bool(verify_md5))
+    x, y, notes = _load_cached(name, str(root.resolve()), bool(train), stamp, bool(verify_md5))
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    return x, y
 
 
 def _split_sizes(n: int, val_size: float) -> int:

@@ -10,6 +10,7 @@ import contextlib
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +58,9 @@ class Trainer:
             self.device = setup.pick_device(cfg.train.device, self.dist.local_rank)
         torch.manual_seed(cfg.train.seed)
         self.objective = build_objective(cfg)  # supervised, or self-supervised (`medvit pretrain`)
-        self.data = self.objective.data(cfg)
+        with warnings.catch_warnings(record=True) as data_warnings:  # e.g. data.verify_md5: false
+            warnings.simplefilter("always")
+            self.data = self.objective.data(cfg)
         self.binary = setup.uses_bce(cfg, self.data.num_classes)
         self.sampler = setup.build_sampler(cfg, self.data.train.labels, self.dist.rank,
                                            self.dist.world_size, self.binary)
@@ -74,9 +77,9 @@ class Trainer:
         self._last_save = time.perf_counter()
         self.threshold = 0.5
         self.log = logs.RunLog(self.run_dir, enabled=self.dist.main)
-        stretched = setup.aspect_note(cfg, self.ingest_size)
-        if stretched and not resume:
-            self.log.info(stretched)
+        notes = [f"warning: {w.message}" for w in data_warnings] + [setup.aspect_note(cfg, self.ingest_size)]
+        for note in filter(None, notes):  # into train.log, not only onto a terminal
+            self.log.info(note)
         self.track = track  # MLflow tracking (medvit.tracking), started by fit() on the main rank
         if resume:
             self._restore(load_checkpoint(self.run_dir / "checkpoints" / "last.pt"))
