@@ -96,7 +96,8 @@ class TrainConfig:
     log_every: int = 10  # steps between step-level log lines
     val_every: int = 1  # validate every N epochs; 0 = never (best.pt is not written; studies that score last.pt)
     ckpt_every: int = 0  # also save last.pt every N steps inside an epoch (long mammography epochs); 0 = per epoch
-    ckpt_min_interval: float = 0.0  # seconds: skip an epoch's last.pt when one was saved more recently (tiny epochs); 0 = every epoch
+    # seconds: skip an epoch's last.pt when one was saved more recently (tiny epochs); 0 = every epoch
+    ckpt_min_interval: float = 0.0
     freeze_backbone: bool = False  # train the classifier only (linear probe); BatchNorm statistics frozen too
     sample_log: bool = False  # each rank writes the image ids it trained on to RUN_DIR/samples/ (audit, DDP tests)
     out: str = ""  # run directory; "" = runs/<backbone>-<time>

@@ -246,8 +246,9 @@ def ingest(
     write_text(journal_path, "".join(json.dumps(done[r], sort_keys=True) + "\n" for r in rels))
     settings = {"src": str(src), "out": str(out), "labels": str(labels_path) if labels_path else None,
                 "label_column": label_column, "canvas": size_text(canvas), "workers": workers, "folds": folds,
-                "seed": seed, "test_share": test_share, "settings_key": settings_key(canvas), "preprocess_version": VERSION,
-                "any_modality": any_modality, "patient_ids": "raw" if raw_patient_ids else "hmac"}
+                "seed": seed, "test_share": test_share, "settings_key": settings_key(canvas),
+                "preprocess_version": VERSION, "any_modality": any_modality,
+                "patient_ids": "raw" if raw_patient_ids else "hmac"}
     record = {"canvas": size_text(canvas), "settings": settings, "summary": summary}
     write_text(out / INGEST_JSON, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return summary

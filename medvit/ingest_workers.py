@@ -65,8 +65,8 @@ def process_one(task: dict, preprocess: Callable | None = None) -> dict:
     """Preprocess one file, write its .npy, return its journal record. Never raises on bad input.
 
     `task`: path (relative), abs, cache (relative to DIR), cache_abs, image_id, size (the canvas
-    (H, W)), canvas ("HxW"), source_size, source_mtime_ns, settings, any_modality, ids (the patient-ID mode; the parent pseudonymises
-    the record's patient_id before it is journaled). Unexpected exceptions become reason
+    (H, W)), canvas ("HxW"), source_size, source_mtime_ns, settings, any_modality, ids (the patient-ID mode;
+    the parent pseudonymises the record's patient_id before it is journaled). Unexpected exceptions become reason
     `internal` (type name only: exception messages can quote header values).
     """
     import numpy as np

@@ -35,8 +35,8 @@ INFO_COLUMNS = [
     "crop_y0", "crop_x0", "crop_y1", "crop_x1", "flipped", "reduce", "decoder", "background_level",
 ]
 MANIFEST_COLUMNS = [
-    "image_id", "patient_id", "patient_id_source", "laterality", "laterality_source", "view", "label", "fold", "split", "status", "reason", "error",
-    "path", "cache", "canvas", *INFO_COLUMNS, "source_size", "source_mtime_ns", "settings",
+    "image_id", "patient_id", "patient_id_source", "laterality", "laterality_source", "view", "label", "fold", "split",
+    "status", "reason", "error", "path", "cache", "canvas", *INFO_COLUMNS, "source_size", "source_mtime_ns", "settings",
 ]
 # Text columns read as str, so that an all-empty one is not a float column of NaN.
 TEXT_COLUMNS = ("image_id", "patient_id", "patient_id_source", "laterality", "laterality_source", "view",
@@ -176,7 +176,8 @@ def reusable(record: dict | None, task: dict, out: Path) -> bool:
     if not record:
         return False
     same = all(record.get(k) == task[k] for k in ("image_id", "source_size", "source_mtime_ns", "ids"))
-    if not same or not _same_settings(record.get("settings"), task["settings"]) or _modality_decision_changed(record, task):
+    if (not same or not _same_settings(record.get("settings"), task["settings"])
+            or _modality_decision_changed(record, task)):
         return False
     if record.get("status") == "ok":
         return (out / record.get("cache", "")).is_file()

@@ -259,8 +259,8 @@ def model_threads(device, workers: int) -> Iterator[None]:
 
 def predict_folder(folder: str | Path, checkpoint: str | Path, out: str | Path = "predictions.csv", *,
                    overlays: str | Path | None = None, workers: int = 0, batch_size: int | None = None,
-                   threshold: float | None = None, ingest_size: int | tuple[int, int] | None = None, which: str = "best",
-                   device: str = "auto", method: str = "auto", progress: bool | None = None,
+                   threshold: float | None = None, ingest_size: int | tuple[int, int] | None = None,
+                   which: str = "best", device: str = "auto", method: str = "auto", progress: bool | None = None,
                    any_modality: bool = False, id_key: str | None = None, raw_patient_ids: bool = False) -> dict:
     """Predict every file under `folder`; write `out` and `<out stem>_per_breast.csv` (binary
     models), and overlays into `overlays` when given. Returns a summary dict. Patient IDs are

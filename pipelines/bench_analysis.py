@@ -142,7 +142,8 @@ def memory(args) -> None:
             print(out.stderr[-2000:])
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  patch {patch:2d} ({r['tokens']} tokens, {r['measure']}): after forward {r['after_forward_mib']:.0f} MiB, "
+        print(f"  patch {patch:2d} ({r['tokens']} tokens, {r['measure']}): "
+              f"after forward {r['after_forward_mib']:.0f} MiB, "
               f"after sparsity {r['after_sparsity_mib']:.0f} MiB (+{r['sparsity_adds_mib']:.0f} MiB), "
               f"{r['sparsity_s_per_image']:.1f} s/image; one head's N x N map {r['one_head_map_mib']:.0f} MiB, "
               f"all layers x heads at once would be {r['every_layer_and_head_mib']:.0f} MiB")

@@ -110,7 +110,8 @@ def speed(args, data: Path, tmp: Path) -> None:
             trainer.fit()
             medvit.append(trainer_rate(run, args.warmup, args.batch_size))
         print(f"{model:10s} batch {args.batch_size} at 32x32 on {trainer.device}: best of {args.rounds}: bare loop "
-              f"{max(bare):7.0f} images/s, medvit trainer {max(medvit):7.0f} images/s, ratio {max(medvit) / max(bare):.2f}x "
+              f"{max(bare):7.0f} images/s, medvit trainer {max(medvit):7.0f} images/s, "
+              f"ratio {max(medvit) / max(bare):.2f}x "
               f"(goal >= 0.9x); rounds: bare {', '.join(f'{x:.0f}' for x in bare)}; "
               f"trainer {', '.join(f'{x:.0f}' for x in medvit)}")
 
@@ -141,7 +142,8 @@ def overhead(args, data: Path, tmp: Path) -> None:
     print(f"sweep engine, {len(rows)} runs of {args.run_seconds:g} s training each (local Ray, 1 CPU): "
           f"study wall {wall:.1f} s, training {rows['train_wall_s'].sum():.1f} s")
     print(f"  first run (cold worker: imports): {task_extra.iloc[0]:.2f} s outside training")
-    print(f"  later runs: {warm.mean():.2f} s outside training per run (set-up {(rows['fit_wall_s'] - rows['train_wall_s']).iloc[1:].mean():.2f} s, "
+    print(f"  later runs: {warm.mean():.2f} s outside training per run "
+          f"(set-up {(rows['fit_wall_s'] - rows['train_wall_s']).iloc[1:].mean():.2f} s, "
           f"test scoring {rows['score_wall_s'].iloc[1:].mean():.2f} s); driver side {driver:.2f} s for the study "
           f"(cold start, scheduling, tables, plots)")
     per_run = warm.mean() + max(driver, 0) / len(rows)

@@ -33,7 +33,8 @@ def test_help_imports_nothing_heavy():
         "import sys\n"
         "from medvit.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'timm', 'monai', 'albumentations', 'pandas', 'cv2', 'sklearn') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'timm', 'monai', 'albumentations', 'pandas', 'cv2', 'sklearn') "
+        "if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

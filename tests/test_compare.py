@@ -258,7 +258,8 @@ def test_compare_json_has_every_required_number(synth_flow):
 def test_report_carries_no_phi(synth_flow):
     root, _, report = synth_flow
     dicoms = list((root / "rsna" / "train_images").rglob("*.dcm"))
-    assert any(PHI_MARKER in p.read_bytes() for p in dicoms)  # the marker is there to be leaked (not in rsna-style files)
+    # the marker is there to be leaked (not in rsna-style files)
+    assert any(PHI_MARKER in p.read_bytes() for p in dicoms)
     files = [p for p in report.rglob("*") if p.is_file()]
     assert len(files) >= 6
     for p in files:
@@ -285,7 +286,7 @@ window.addEventListener('load', function () {
   pre.textContent = JSON.stringify({images: imgs, errors: window.__errors});
   document.body.appendChild(pre);
 });
-</script>"""
+</script>"""  # noqa: E501
 
 
 def _browse(browser: str, page: Path, *args: str) -> subprocess.CompletedProcess:

@@ -341,7 +341,8 @@ def test_pretrained_normalisation_from_a_local_weights_file(tmp_path):
     x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
 
     model = create_backbone("resnet10t", num_classes=1, in_chans=1, img_size=32, weights=str(weights)).eval()
-    assert model.medvit_input_norm["mean"] == pytest.approx([mean]) and model.medvit_input_norm["std"] == pytest.approx([std])
+    assert (model.medvit_input_norm["mean"] == pytest.approx([mean])
+            and model.medvit_input_norm["std"] == pytest.approx([std]))
     bare = create_backbone("resnet10t", num_classes=1, in_chans=1, img_size=32).eval()
     assert getattr(bare, "medvit_input_norm", None) is None  # from scratch: identity
     bare.load_state_dict(model.state_dict())  # state dicts unchanged: the statistics are not in them

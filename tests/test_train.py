@@ -125,7 +125,8 @@ def test_flat_train_error_stops(data_dir, tmp_path):
     late = fit(cfg_for(data_dir, "optim.lr=0", "train.epochs=20", "train.flat_epochs=2",
                        f"train.flat_min_steps={5 * steps_per_epoch}", "train.val_every=0",
                        "train.ckpt_min_interval=60"), tmp_path / "late")
-    assert late["stop_reason"] == "train error unchanged for 2 epochs" and late["epoch"] == 5  # not before step 5 epochs
+    # not before step 5 epochs
+    assert late["stop_reason"] == "train error unchanged for 2 epochs" and late["epoch"] == 5
     assert not (tmp_path / "late" / "checkpoints" / "best.pt").exists()  # never validated
     assert "val_loss" not in (tmp_path / "late" / "train.log").read_text()
 
@@ -198,7 +199,8 @@ def test_ddp_two_cpu_ranks_disjoint_and_one_checkpoint(data_dir, tmp_path):
     assert seen[0].step.astype(int).max() == seen[1].step.astype(int).max() == counters["step"]
     manifest = pd.read_csv(data_dir / "manifest.csv", dtype=str)
     train = manifest[manifest.fold != "0"]
-    negatives, positives = set(train.loc[train.label == "0", "image_id"]), set(train.loc[train.label == "1", "image_id"])
+    negatives, positives = (set(train.loc[train.label == "0", "image_id"]),
+                            set(train.loc[train.label == "1", "image_id"]))
     first = {rank: seen[rank][seen[rank].epoch == "0"] for rank in (0, 1)}
     neg0, neg1 = set(first[0].id) & negatives, set(first[1].id) & negatives
     assert neg0 and neg1 and not (neg0 & neg1)  # each negative trained on by one rank only

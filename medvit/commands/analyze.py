@@ -89,8 +89,10 @@ def run(args: argparse.Namespace) -> int:
         from medvit.analysis.sparsity import run_sparsity
 
         r = run_sparsity(primary, out, args.batch_size)
-        print(f"{primary.name}: -log10 mean mu per layer {', '.join(f'{v:.2f}' for v in r['neg_log10_mean_mu'])}; "
-              f"CLS column mu {', '.join(f'{v:.3f}' for v in r['cls_mu'])}; max |sum mu - 1| {r['mu_sum_max_error']:.1e}")
+        print(f"{primary.name}: -log10 mean mu per layer "
+              f"{', '.join(f'{v:.2f}' for v in r['neg_log10_mean_mu'])}; "
+              f"CLS column mu {', '.join(f'{v:.3f}' for v in r['cls_mu'])}; "
+              f"max |sum mu - 1| {r['mu_sum_max_error']:.1e}")
     elif args.kind == "ablation":
         from medvit.analysis.ablation import N_VALUES, P_VALUES, markdown_table, run_ablation
 

@@ -138,7 +138,8 @@ def explain_images(args: argparse.Namespace, primary: LoadedRun, out: Path, devi
             if method == "attention":
                 save_npy(out / f"{image_id}_attention_heads.npy", cls_attention(primary.model, x)[0].numpy())
             if compare is not None:
-                other = explain(compare.model, model_input(full, compare.image_size)[None].to(device), compare_method)[0]
+                other = explain(compare.model, model_input(full, compare.image_size)[None].to(device),
+                                compare_method)[0]
                 save_panel(full, {f"{primary.name} {method}": heat, f"{compare.name} {compare_method}": other},
                            out / f"{image_id}_panel.png", title=image_id)
             print(f"{image_id}: {out / f'{image_id}_{method}.png'}")

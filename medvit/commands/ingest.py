@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "patient-grouped, label-stratified, seeded) that training never sees; "
                         "`evaluate` and `compare` score it (default: 0, none)")
     p.add_argument("--no-progress", action="store_true",
-                   help="no progress output (default: a bar on a terminal, a plain line per tenth of the files otherwise)")
+                   help="no progress output (default: a bar on a terminal, "
+                        "a plain line per tenth of the files otherwise)")
     add_privacy_flags(p)
     p.set_defaults(func=run)
 

@@ -93,8 +93,8 @@ class MammoDataset(Dataset):
         return to_tensor(image), int(self.labels[index])
 
 
-def mammo_splits(data_dir: str | Path, fold: int, image_size: int | tuple[int, int] = DEFAULT_SIZE, train_transform=None,
-                 val_transform=None, seed: int = 0) -> tuple[MammoDataset, MammoDataset]:
+def mammo_splits(data_dir: str | Path, fold: int, image_size: int | tuple[int, int] = DEFAULT_SIZE,
+                 train_transform=None, val_transform=None, seed: int = 0) -> tuple[MammoDataset, MammoDataset]:
     """Train on every labelled, successfully ingested image outside `fold`; validate on `fold`.
     Rows of the test split (`ingest --test-share`) are never used, whatever their fold."""
     frame = read_manifest(data_dir)
@@ -124,7 +124,8 @@ def test_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[(frame["split"] == "test") & (frame["status"] == "ok") & frame["label"].notna()]
 
 
-def mammo_test_set(data_dir: str | Path, image_size: int | tuple[int, int] = DEFAULT_SIZE, transform=None, seed: int = 0) -> MammoDataset | None:
+def mammo_test_set(data_dir: str | Path, image_size: int | tuple[int, int] = DEFAULT_SIZE, transform=None,
+                   seed: int = 0) -> MammoDataset | None:
     """The test split of `ingest --test-share` as a dataset, or None when the manifest has none."""
     rows = test_rows(read_manifest(data_dir))
     return None if rows.empty else MammoDataset(data_dir, rows, image_size, transform, seed)

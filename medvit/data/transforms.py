@@ -83,7 +83,8 @@ def build_transform(cfg: dict | None, train: bool) -> A.Compose | None:
         steps.append(A.Affine(scale=tuple(a["scale"]), translate_percent=_pair(a["translate"], "affine.translate"),
                               rotate=_pair(a["rotate"], "affine.rotate"), border_mode=0, fill=0, p=a["p"]))
     if (b := _section(cfg, "brightness_contrast")) is not None:
-        steps.append(A.RandomBrightnessContrast(brightness_limit=_pair(b["brightness"], "brightness_contrast.brightness"),
+        steps.append(A.RandomBrightnessContrast(brightness_limit=_pair(b["brightness"],
+                                                                       "brightness_contrast.brightness"),
                                                 contrast_limit=_pair(b["contrast"], "brightness_contrast.contrast"),
                                                 p=b["p"]))
     if (g := _section(cfg, "gamma")) is not None:

@@ -244,7 +244,8 @@ def check_header(ds: Dataset, path: str | Path) -> None:
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if spp != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        shown = defined_term(photometric, PHOTOMETRICS) or ("an unknown photometric" if photometric else "no photometric")
+        shown = defined_term(photometric, PHOTOMETRICS) or (
+            "an unknown photometric" if photometric else "no photometric")
         raise DicomError(path, "color", f"SamplesPerPixel={spp}, {shown}")
     frames = _int(ds.get("NumberOfFrames", 1), 1)
     if frames > 1:

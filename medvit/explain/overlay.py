@@ -64,7 +64,8 @@ def render_overlay(image: np.ndarray, heatmap: np.ndarray, *, title: str = "", a
     over it and blended (alpha), a title band on top and a 0..1 colour bar on the right.
 
     Drawn with numpy + OpenCV rather than a matplotlib Figure (43 ms against 300 ms at 512 px
-    here), which matters when `predict --overlays` draws one per file. The colours are matplotlib's COLORMAP, as in panels."""
+    here), which matters when `predict --overlays` draws one per file. The colours are matplotlib's COLORMAP,
+    as in panels."""
     gray, heat = to_unit_image(image), _check_map(heatmap)
     scale = max(1.0, side / gray.shape[0])
     h, w = round(gray.shape[0] * scale), round(gray.shape[1] * scale)

@@ -22,8 +22,8 @@ from medvit.studies.report import CURVES, RESULTS, collect_curves, redraw
 COLUMNS = ["study", "arm", "group", "axis", "point", "noise", "seed", "status", "error",
            "test_error", "test_accuracy", "test_loss", "test_auc", "test_auc_lo", "test_auc_hi", "n_test", "scored_on",
            "train_error", "train_accuracy", "train_loss", "val_accuracy", "val_loss",
-           "stop_reason", "epochs", "steps", "train_wall_s", "fit_wall_s", "score_wall_s", "run_wall_s", "device", "host", "params",
-           "checkpoint", "resumed", "run_id", "run_dir", "config"]
+           "stop_reason", "epochs", "steps", "train_wall_s", "fit_wall_s", "score_wall_s", "run_wall_s", "device",
+           "host", "params", "checkpoint", "resumed", "run_id", "run_dir", "config"]
 
 __all__ = ["STUDIES", "run_study", "redraw", "COLUMNS"]
 

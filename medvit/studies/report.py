@@ -174,7 +174,8 @@ def _double_descent(df: pd.DataFrame, out: Path) -> tuple[str, list[str], dict]:
               f["max_width"][n]] for arm, f in fit.items() for n in f["peak_width"]]
     table = ("## Train and test error against width (mean over seeds)\n\n"
              + _md(["Model", "Label noise", "Width", "Train error", "Test error", "Test error sd", "Seeds"], rows)
-             + "\n## Test-error peak\n\n" + _md(["Model", "Label noise", "Peak width", "Width of the highest test error"], peaks)
+             + "\n## Test-error peak\n\n"
+             + _md(["Model", "Label noise", "Peak width", "Width of the highest test error"], peaks)
              + f"\nStopped by: {_stop_summary(ok)}\n")
     return table, plots, fit
 
