@@ -100,7 +100,7 @@ def create_backbone(name: str, num_classes: int = 1, in_chans: int = 1,
     """
     fn = _entrypoint(name)
     try:
-        img_size = compact(img_size)  # a side, or (H, W)
+        img_size = compact(parse_size(img_size, "img_size"))  # a side, or (H, W)
     except ValueError as err:
         raise ConfigError(f"backbone {name!r}: {err}") from None
     sizes = {"num_classes": num_classes, "in_chans": in_chans}
