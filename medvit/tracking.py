@@ -326,19 +326,36 @@ def train_tags(cfg: Any, spec: dict, data_identity: dict) -> dict:
 def log_evaluation(run_dir: str | Path, report: dict, out: str | Path | None = None, step: int = 0) -> None:
     """Evaluate's metrics (test_*), `scored_on` and figures on the run's MLflow run, when the run
     folder has one (mlflow.json); otherwise nothing, and mlflow is not imported."""
-    rec = read_record(run_dir)
-    if rec is None:
-        return
-    try:  # its status stays as training left it
-        t = open_run(rec["tracking_uri"], run_dir, Path(run_dir).name, running=False, create=False)
-    except TrackingError as err:  # the scores are on disk; the server being away must not lose them
-        print(f"medvit: evaluate metrics not logged to MLflow: {err}", file=sys.stderr, flush=True)
+    t = reopen(run_dir, "evaluate metrics")
+    if t is None:
         return
     t.metrics(eval_metrics(report), step)
     t.tags({"scored_on": report.get("split"), "scored_checkpoint": Path(str(report.get("checkpoint", ""))).name})
     if out is not None:
         t.artifacts([Path(out) / "metrics.json", *sorted(Path(out).glob("*.png"))], "eval")
     t.flush()
+
+
+def log_files(run_dir: str | Path, paths: list, folder: str | None = None) -> None:
+    """Files made after training (e.g. `medvit pretrain`'s figures) as artifacts of the run's
+    MLflow run, when the run folder has one (mlflow.json); otherwise nothing."""
+    t = reopen(run_dir, "files")
+    if t is not None:
+        t.artifacts(list(paths), folder)
+
+
+def reopen(run_dir: str | Path, what: str) -> Tracker | None:
+    """The MLflow run RUN_DIR/mlflow.json names, its status left as training left it; None (and
+    mlflow not imported) without that file; None and one warning line when the store is away or
+    the run is gone (what is on disk must not be lost to that, and no run is ever created here)."""
+    rec = read_record(run_dir)
+    if rec is None:
+        return None
+    try:
+        return open_run(rec["tracking_uri"], run_dir, Path(run_dir).name, running=False, create=False)
+    except TrackingError as err:
+        print(f"medvit: {what} not logged to MLflow: {err}", file=sys.stderr, flush=True)
+        return None
 
 
 def eval_metrics(report: dict) -> dict:

@@ -191,8 +191,9 @@ def test_evaluate_metrics_land_on_the_same_run(flow):
 
 
 def test_evaluate_never_creates_a_run(flow, tmp_path, capsys):
-    """A run folder whose MLflow run is gone: one warning line, nothing new in the store."""
-    from medvit.tracking import log_evaluation
+    """A run folder whose MLflow run is gone: one warning line, nothing new in the store. Files
+    made after training (pretrain's figures) go to the run's own MLflow run."""
+    from medvit.tracking import log_evaluation, log_files
 
     gone = tmp_path / "gone"
     gone.mkdir()
@@ -200,6 +201,10 @@ def test_evaluate_never_creates_a_run(flow, tmp_path, capsys):
     before = len(all_runs(flow["uri"]))
     log_evaluation(gone, {"auc": 0.5, "split": "test", "checkpoint": "best.pt"})
     assert "evaluate metrics not logged to MLflow" in capsys.readouterr().err
+    assert len(all_runs(flow["uri"])) == before
+    cnn = flow["runs"] / "cnn"
+    log_files(cnn, [cnn / "eval" / "pr.png"], "figures")
+    assert "figures/pr.png" in artifact_paths(client(flow["uri"]), record(cnn)["run_id"])
     assert len(all_runs(flow["uri"])) == before
 
 
