@@ -240,3 +240,19 @@ def test_label_efficiency_study_pairs_pretrained_and_scratch(labelled, tmp_path)
     table = (out / "table.md").read_text()
     assert "paired DeLong" in table and "| simclr-cnn_test | 0.5 |" in table
     assert (out / "label_efficiency.png").stat().st_size > 1000
+
+
+def test_dino_multi_crop_on_a_cnn_and_plain_dino_on_a_vit(unlabelled, tmp_path):
+    from medvit.errors import ConfigError
+
+    run = tmp_path / "multi"
+    fit(load_config(None, pretrain_args(unlabelled, "dino", "train.epochs=1", "pretrain.local_crops=2")), run)
+    teacher = load_checkpoint(run / "checkpoints" / "last.pt")["objective"]["teacher"]
+    assert "head.prototypes" in teacher
+    vit = ["model.backbone=vit_test", "model.patch_size=8", "train.epochs=1"]
+    fit(load_config(None, pretrain_args(unlabelled, "dino", *vit)), tmp_path / "vit")
+    assert (tmp_path / "vit" / "checkpoints" / "last.pt").is_file()
+    with pytest.raises(ConfigError, match="multi-crop"):
+        fit(load_config(None, pretrain_args(unlabelled, "dino", *vit, "pretrain.local_crops=2")), tmp_path / "no")
+    with pytest.raises(ConfigError, match="needs a vit backbone"):
+        fit(load_config(None, pretrain_args(unlabelled, "mae", "model.backbone=cnn_test")), tmp_path / "no2")
