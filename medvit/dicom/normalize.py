@@ -47,12 +47,19 @@ class Preprocessed:
     info: dict = field(default_factory=dict)  # header facts + what was done; JSON-able, no PHI
 
 
+MIN_CANVAS = 8
+
+
 def canvas_of(size: int | str | Size) -> Size:
-    """(H, W) of a canvas given as 512, "512x256" or (512, 256); ConfigError when unusable."""
+    """(H, W) of a canvas given as 512, "512x256" or (512, 256); ConfigError when unusable
+    (a side under MIN_CANVAS: no mammogram survives a few pixels)."""
     try:
-        return parse_size(size, "image size")
+        h, w = parse_size(size, "image size")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if min(h, w) < MIN_CANVAS:
+        raise ConfigError(f"image size {h}x{w}: each side of an ingest canvas must be at least {MIN_CANVAS} px")
+    return h, w
 
 
 def preprocess(path: str | Path, size: int | str | Size = DEFAULT_SIZE, *,
