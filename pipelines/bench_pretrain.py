@@ -63,7 +63,7 @@ def bare_rate(trainer, views, labels, steps: int, warmup: int) -> float:
     obj = copy.deepcopy(trainer.objective)
     net = copy.deepcopy(trainer.net)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-4)
-    shim = SimpleNamespace(dist=trainer.dist, net=net, c=SimpleNamespace(step=0))
+    shim = SimpleNamespace(dist=trainer.dist, net=net, c=SimpleNamespace(step=0), device=trainer.device, amp=trainer.amp)
     n, t = 0, time.perf_counter()
     for i in range(steps + warmup):
         if i == warmup:

@@ -17,6 +17,7 @@ from torch import nn
 
 from medvit.errors import ConfigError
 from medvit.pretrain.base import SelfSupervised, mlp
+from medvit.train.steps import autocast
 
 
 class DINOHead(nn.Module):
@@ -83,8 +84,9 @@ class DINO(SelfSupervised):
 
     def criterion(self, trainer, views, student):
         p = self.p
-        with torch.no_grad():
+        with torch.no_grad(), autocast(trainer.device, trainer.amp):
             teacher = self.teacher(views[:2])  # global views only
+        with torch.no_grad():
             t_out = [F.softmax((t.float() - self.center) / p.teacher_temp, dim=-1) for t in teacher]
             self._update_center(trainer, torch.cat(teacher).float())
         terms = []
