@@ -264,6 +264,19 @@ def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'train': {'seed': 0}} -> {'train.seed': 0} (dotted keys, as overrides spell them); empty
+    dicts kept as values. Used for MLflow params and for naming config differences."""
+    out: dict = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults <- YAML file (with bases) <- dotted overrides."""
     data = read_yaml_with_bases(path) if path else {}

@@ -283,7 +283,7 @@ def _experiment(client: Any, uri: str) -> str:
 
 def start_training(track: Tracking, run_dir: str | Path, cfg: Any, spec: dict, data_identity: dict) -> Tracker:
     """The MLflow run of a training run (reused on resume): config params, tags. Main rank only."""
-    from medvit.config import config_to_dict
+    from medvit.config import config_to_dict, flatten
 
     uri = resolve_uri(track.uri or _recorded(run_dir), run_dir)
     method = getattr(getattr(cfg, "pretrain", None), "method", "")  # a self-supervised objective: `medvit pretrain`
@@ -442,18 +442,6 @@ def log_compare(track: Tracking, out: str | Path, result: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{'train': {'seed': 0}} -> {'train.seed': 0}; empty dicts kept as '{}'."""
-    out: dict = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:

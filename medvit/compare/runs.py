@@ -67,22 +67,13 @@ def identity(run: Run) -> dict:
     return ident
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def check_compatible(runs: list[Run]) -> None:
     """Raise, naming every difference, unless all runs were trained on the same data, ingest,
     fold and split; and unless the data folder still holds the split they were trained on."""
+    from medvit.config import flatten
     from medvit.train.setup import split_fingerprint
 
-    idents = [_flat(identity(r)) for r in runs]
+    idents = [flatten(identity(r)) for r in runs]
     first = idents[0]
     problems = []
     for r, ident in zip(runs[1:], idents[1:]):
