@@ -298,18 +298,22 @@ def _label_efficiency(df: pd.DataFrame, out: Path) -> tuple[str, list[str], dict
     DeLong test of each pretrained arm against the scratch arm of its backbone (same fraction, seed)."""
     ok = _ok(df)
     ok["point"] = pd.to_numeric(ok["point"])
-    rows, fig_ax = [], _fig(size=(6.0, 4.5))
-    fig, (ax,) = fig_ax
+    rows = []
+    fig, (ax,) = _fig(size=(6.0, 4.5))
+    colours = {g: f"C{i}" for i, g in enumerate(sorted(ok["group"].astype(str).unique()))}  # one per backbone
     for arm, g in ok.groupby("arm", sort=True):
         by = g.groupby("point")
         auc, lo, hi = by["test_auc"].mean(), by["test_auc_lo"].mean(), by["test_auc_hi"].mean()
         ax.errorbar(auc.index, auc, yerr=[auc - lo, hi - auc], marker="o", capsize=3, label=arm,
-                    ls="--" if arm.startswith("scratch-") else "-")
+                    color=colours[str(g["group"].iloc[0])], ls="--" if arm.startswith("scratch-") else "-")
         for frac in auc.index:
             rows.append([arm, f"{frac:g}", f"{auc[frac]:.3f} [{lo[frac]:.3f}, {hi[frac]:.3f}]",
                          int(by["n_test"].first()[frac]), len(by.get_group(frac))])
     ax.set(xscale="log", xlabel="share of labelled training patients", ylabel="test AUC (95% CI)", ylim=(0, 1),
            title="Label efficiency: pretrained vs scratch")
+    fractions = sorted(ok["point"].unique())
+    ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
+    ax.minorticks_off()
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
