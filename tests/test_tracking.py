@@ -172,6 +172,23 @@ def test_train_run_has_config_params_step_metrics_tags_and_artifacts(flow):
     assert not any(f.startswith("checkpoints") for f in artifact_paths(c, vit.info.run_id))
 
 
+def test_pretrain_is_tracked_with_its_figures(flow, tmp_path):
+    """`medvit pretrain --track`: the objective's tags, the loss by step and the figures drawn after fit."""
+    out = tmp_path / "pre"
+    assert main(["pretrain", "--data", str(flow["root"] / "data"), "--backbone", "vit_test", "--patch", "8",
+                 "--method", "mae", "--epochs", "1", "--out", str(out), "--track", *TINY]) == 0
+    rec = record(out)
+    assert rec["tracking_uri"].startswith("sqlite:///") and rec["tracking_uri"].endswith(f"{tmp_path}/mlflow.db")
+    c = client(rec["tracking_uri"])
+    run = c.get_run(rec["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["medvit_command"] == "pretrain" and run.data.tags["objective"] == "mae"
+    assert run.data.params["pretrain.method"] == "mae"
+    steps = pd.read_csv(out / "metrics_step.csv")
+    assert [m.step for m in c.get_metric_history(rec["run_id"], "loss")] == list(steps["step"])
+    assert {"loss_curve.png", "mae_reconstruction.png"} <= artifact_paths(c, rec["run_id"])
+
+
 def test_evaluate_metrics_land_on_the_same_run(flow):
     runs, c = flow["runs"], client(flow["uri"])
     rec = record(runs / "cnn")

@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from medvit import tracking
+
 # flag -> dotted config key (as `medvit train`); --data and --include-test are handled below
 FLAGS = {
     "backbone": "model.backbone", "patch": "model.patch_size", "method": "pretrain.method",
@@ -40,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also pretrain on the --test-share images (they are then no longer unseen)")
     p.add_argument("--config", help="a YAML file or packaged config (e.g. pretrain_mae)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted pretraining run exactly")
+    tracking.add_flags(p)
     p.set_defaults(func=run)
 
 
@@ -67,23 +70,30 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    track = tracking.from_args(args)  # first: a word after a bare --track goes back to the overrides
     cfg = build_config(args)
     from medvit.pretrain.plots import plot_loss, plot_reconstructions
     from medvit.train.loop import Trainer
 
     run_dir = Path(args.resume or cfg.train.out or _default_run_dir(cfg))
     cfg.train.out = str(run_dir)
-    trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
+    trainer = Trainer(cfg, run_dir, resume=bool(args.resume), track=track)
     if cfg.pretrain.include_test:
         trainer.log.info("pretrain: --include-test: the test split's images are pretrained on "
                          "(test scores of fine-tuned runs no longer come from unseen images)")
     trainer.log.info(f"pretrain: {cfg.pretrain.method} on {len(trainer.data.train)} images from "
                      f"{', '.join([cfg.data.dir, *cfg.pretrain.extra_dirs])}")
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    except BaseException as err:  # as medvit.train.fit: the MLflow run ends FAILED / KILLED, not RUNNING
+        trainer.log.end_tracking(None, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
     if trainer.dist.main:
         plot_loss(run_dir, f"{cfg.pretrain.method} pretraining, {cfg.model.backbone}")
         if cfg.pretrain.method == "mae":
             plot_reconstructions(run_dir)
+        if track is not None:  # the figures are drawn after fit(): log them to the same MLflow run
+            tracking.log_files(run_dir, sorted(run_dir.glob("*.png")))
     print(f"run: {summary['run_dir']}  stopped: {summary['stop_reason']}  "
           f"fine-tune with: medvit train --init {summary['run_dir']} --data DIR")
     return 0
