@@ -137,6 +137,18 @@ def test_command_writes_figures_and_init_fine_tunes(unlabelled, labelled, tmp_pa
         assert torch.equal(tuned[key], value), key
     assert not torch.equal(tuned["blocks.0.attn.qkv.weight"], fresh["blocks.0.attn.qkv.weight"])
     assert "head.weight" in tuned and "head.weight" not in encoder
+    # compare on the pretrained and the scratch run: the page says where each run's weights came from
+    import json
+
+    report = tmp_path / "report"
+    assert main(["compare", str(probe), str(scratch), "--out", str(report), "--n-boot", "20", "--gallery", "0",
+                 "--device", "cpu"]) == 0
+    runs = {r["name"]: r["provenance"] for r in json.loads((report / "compare.json").read_text())["runs"]}
+    assert runs["probe"]["start"] == "pretrained" and runs["probe"]["method"] == "mae"
+    assert runs["probe"]["images"] == 28 and runs["probe"]["run"] == "mae" and not runs["probe"]["include_test"]
+    assert runs["scratch"]["start"] == "scratch"
+    page = (report / "index.html").read_text()
+    assert "fine-tuned from mae pretraining run mae on 28 unlabelled images" in page and "trained from scratch" in page
 
 
 def test_layer_decay_scales_the_lr_by_depth():

@@ -65,6 +65,10 @@ def compare(paths: list[str], out: str | Path, *, which: str = "best", split: st
     for entry, r in zip(result["runs"], runs):
         entry["cost"] = {"parameters": r.params, "images_per_s": round(R.images_per_second(r), 2),
                          "training_seconds": r.training_seconds, "device": str(r.device)}
+    for entry in result["runs"]:
+        if entry["provenance"].get("include_test"):
+            result["notes"].append(f"{entry['name']} starts from a pretraining run that saw the test split's images "
+                                   "(pretrain --include-test): its test numbers are not on unseen images")
     result["summary"] = summary_sentence(result)
     write_text(out / "compare.json", json.dumps(result, indent=2, default=_json_default) + "\n")
     write_text(out / "index.html", render(result))
@@ -83,9 +87,26 @@ def _json_default(x):
 
 # ----------------------------------------------------------------------------- binary runs
 
+def provenance(r: Run) -> dict[str, Any]:
+    """Where a run's starting weights came from (its checkpoint's `init`): from scratch, ImageNet, a
+    weights file, or a `medvit pretrain` run (method, images, whether its test split was used)."""
+    init = r.ckpt.get("init") or {}
+    out: dict[str, Any] = {"start": "scratch", "text": "trained from scratch"}
+    if init.get("pretrained"):
+        out.update(start="imagenet", text=f"from {init['pretrained']} weights")
+    elif init.get("method"):
+        run = Path(str(init.get("run", ""))).name
+        out.update(start="pretrained", method=init["method"], images=init.get("images"), run=run,
+                   include_test=bool(init.get("include_test")),
+                   text=f"fine-tuned from {init['method']} pretraining run {run} on {init.get('images')} unlabelled images")
+    elif init.get("weights"):
+        out.update(start="weights", text=f"from the weights file {Path(str(init['weights'])).name}")
+    return out
+
+
 def _run_entry(r: Run) -> dict[str, Any]:
     return {"name": r.name, "backbone": r.backbone, "run_dir": str(r.run_dir), "checkpoint": str(r.checkpoint),
-            "threshold": r.threshold, "image_size": size_text(r.image_size),
+            "threshold": r.threshold, "image_size": size_text(r.image_size), "provenance": provenance(r),
             **({"canvas": size_text(r.ingest_size)} if r.cfg.data.kind == "mammo" else {})}
 
 
