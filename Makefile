@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install browser lint demo test test-all bench clean
+.PHONY: install browser lint demo demo-pretrain test test-all bench clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash pipelines/demo.sh
+
+# Self-supervised pretraining on the demo's images vs the scratch ViT (reuses demo-out/ when there)
+demo-pretrain: install
+	PATH="$(abspath $(BIN)):$$PATH" bash pipelines/demo_pretrain.sh
 
 # Headless Chromium for the `medvit compare` page test (tests/test_compare.py). Installed with apt-get
 # when missing and running as root (CI); otherwise a note, and the test skips (it fails when CI=true).
