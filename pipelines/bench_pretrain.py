@@ -63,7 +63,8 @@ def bare_rate(trainer, views, labels, steps: int, warmup: int) -> float:
     obj = copy.deepcopy(trainer.objective)
     net = copy.deepcopy(trainer.net)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-4)
-    shim = SimpleNamespace(dist=trainer.dist, net=net, c=SimpleNamespace(step=0), device=trainer.device, amp=trainer.amp)
+    shim = SimpleNamespace(dist=trainer.dist, net=net, c=SimpleNamespace(step=0), device=trainer.device,
+                           amp=trainer.amp)
     n, t = 0, time.perf_counter()
     for i in range(steps + warmup):
         if i == warmup:
@@ -116,7 +117,8 @@ if mode == "mae":
     net = MAENet(vit, 0.75, 128, 2, 4, True).to(device)
     step = lambda: net(x)
 else:
-    step = lambda: torch.nn.functional.binary_cross_entropy_with_logits(vit(x).reshape(-1), torch.ones(batch, device=device))
+    step = lambda: torch.nn.functional.binary_cross_entropy_with_logits(  # noqa: E731
+        vit(x).reshape(-1), torch.ones(batch, device=device))
 def status(key):  # kB from /proc/self/status
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key + ":"))
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak RSS (VmHWM) to the current RSS

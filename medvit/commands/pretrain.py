@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(the --test-share split is left out). Fine-tune it with "
                                    "`medvit train --init RUN_DIR`. Settings: defaults, then --config, then the "
                                    "flags, then key=value overrides (e.g. pretrain.mask_ratio=0.75).")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides (pretrain.*, optim.*, ...)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted config overrides (pretrain.*, optim.*, ...)")
     p.add_argument("--data", action="append", help="ingest output folder; repeat for more folders")
     p.add_argument("--backbone", help="registered backbone (MAE: a ViT; DINO: any; SimCLR: a CNN)")
     p.add_argument("--patch", type=int, choices=[8, 16, 32, 4, 2], help="ViT patch size")

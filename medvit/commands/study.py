@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--points", help="the swept axis, comma-separated: widths (double-descent), p_train "
                                     "(learning-curve), patch sizes, H or L (heads-layers)")
     p.add_argument("--pretrained", metavar="RUN_DIR[,RUN_DIR2]",
-                   help="label-efficiency: `medvit pretrain` runs, comma-separated (each: a pretrained and a scratch arm)")
+                   help="label-efficiency: `medvit pretrain` runs, comma-separated "
+                        "(each: a pretrained and a scratch arm)")
     p.add_argument("--epochs", type=int, help="train.epochs of every run")
     p.add_argument("--max-wall", type=float, metavar="SECONDS", help="wall-clock limit of each run's training")
     p.add_argument("--address", metavar="RAY_ADDRESS", help="join this Ray cluster (default: start a local Ray)")
@@ -42,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def overrides_from(args: argparse.Namespace) -> list[str]:
     items = [f"{key}={getattr(args, name)}" for name, key in FLAGS.items() if getattr(args, name) is not None]
     if args.data is not None:
-        items[[i for i, s in enumerate(items) if s.startswith("data.dir=")][0]] = f"data.dir={Path(args.data).resolve()}"
+        where = [i for i, s in enumerate(items) if s.startswith("data.dir=")][0]
+        items[where] = f"data.dir={Path(args.data).resolve()}"
     if args.points is not None:
         from medvit.studies.grid import parse_points
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 
@@ -28,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     frame = write_dataset(args.out, patients=args.patients, seed=args.seed, cancer_rate=args.cancer_rate,
-                          size=args.size, workers=args.workers or os.cpu_count())
+                          size=args.size, workers=args.workers)  # default: the usable cores
     seconds = time.perf_counter() - start
     positives = int(frame["cancer"].sum())
     print(f"synth: {frame['patient_id'].nunique()} patients, {len(frame)} images, {positives} positive images "

@@ -98,7 +98,8 @@ def provenance(r: Run) -> dict[str, Any]:
         run = Path(str(init.get("run", ""))).name
         out.update(start="pretrained", method=init["method"], images=init.get("images"), run=run,
                    include_test=bool(init.get("include_test")),
-                   text=f"fine-tuned from {init['method']} pretraining run {run} on {init.get('images')} unlabelled images")
+                   text=f"fine-tuned from {init['method']} pretraining run {run} "
+                        f"on {init.get('images')} unlabelled images")
     elif init.get("weights"):
         out.update(start="weights", text=f"from the weights file {Path(str(init['weights'])).name}")
     return out

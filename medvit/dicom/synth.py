@@ -21,7 +21,6 @@ holds the machines, the plan and the files, and re-exports the drawing's public 
 from __future__ import annotations
 
 import datetime as dt
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from medvit.dicom.phantom import KINDS, Lesion, SynthImage, make_image, synthesi
 from medvit.dicom.write import SYNTAXES, write_dicom  # noqa: F401 (re-exported)
 from medvit.errors import ConfigError, suggest
 from medvit.io import atomic_path, write_png
+from medvit.workers import usable_cores
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -448,7 +448,7 @@ def write_dataset(out: str | Path, patients: int = 20, seed: int = 0, cancer_rat
     out = Path(out)
     (out / "train_images").mkdir(parents=True, exist_ok=True)
     plan = plan_dataset(patients, seed, cancer_rate, size, syntaxes)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(plan)))
+    workers = max(1, min(workers or usable_cores(), len(plan)))
     jobs = [(row, str(out)) for row in plan]
     if workers == 1:
         lesions = [_make_file_star(job) for job in jobs]

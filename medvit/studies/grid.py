@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from medvit.config import CONFIG_DIR, config_from_dict, config_to_dict, deep_merge, parse_overrides, read_yaml_with_bases
+from medvit.config import (CONFIG_DIR, config_from_dict, config_to_dict, deep_merge, parse_overrides,
+                           read_yaml_with_bases)
 from medvit.errors import ConfigError, suggest
 
 # swept axis -> the trainer config key it sets
@@ -54,7 +55,8 @@ class StudySettings:
 
     seeds: int = 1
     points: list = field(default_factory=list)
-    noise: Optional[list] = None  # label-noise levels crossed with the grid (double descent); None = leave data.label_noise
+    # label-noise levels crossed with the grid (double descent); None = leave data.label_noise
+    noise: Optional[list] = None
     arms: dict = field(default_factory=dict)  # arm name -> trainer-config overrides (models, optimizers)
     checkpoint: str = "last"  # scored at the end: last (seed 000: no early stopping) | best (by train.monitor)
     cpus_per_run: float = 1.0  # Ray resources each run asks for; also its torch threads
