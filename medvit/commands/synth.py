@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cancer-rate", type=float, default=0.25, help="share of patients with a cancer (default 0.25)")
     p.add_argument("--size", choices=["small", "full"], default="small",
                    help="small: ~1024 rows (fast); full: the machines' real sizes, e.g. 4096x3328")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: the usable CPUs)")
     p.set_defaults(func=run)
 
 
