@@ -18,13 +18,7 @@ from medvit.models import registry
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Models build faster on one thread here; restore the count for the modules after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # models build faster on one thread here
 
 # slow to build for real on a shared 2-core machine: checked on the meta device
 BIG = {"vit_tiny", "vit_small", "vit_base", "resnet34", "resnet50", "efficientnet_b3",

@@ -3,10 +3,8 @@ exact resume after kill -9, the test split left out."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +17,13 @@ from medvit.config import load_config
 from medvit.train import fit
 from medvit.train.checkpoint import load_checkpoint
 
+from conftest import kill_once_logged
 from fake_cache import make_manifest
 
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run far faster on one thread (and bit-exact comparisons need one count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models; bit-exact resume needs one thread count
 
 
 def make_unlabelled(root: Path, n: int = 32, seed: int = 0, test_every: int = 0) -> Path:
@@ -184,14 +177,7 @@ def test_kill_9_and_resume_matches_uninterrupted(unlabelled, tmp_path):
     run = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     cmd = [sys.executable, "-m", "medvit", "pretrain", "--out", str(run), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    step_log, deadline = run / "metrics_step.csv", time.time() + 120
-    while time.time() < deadline:
-        if step_log.exists() and step_log.read_text().count("\n") >= 3:  # header + 2 steps
-            break
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_once_logged(cmd, run, env)  # kill -9 once two steps are logged
     counters = load_checkpoint(run / "checkpoints" / "last.pt")["counters"]
     assert counters["stop_reason"] == "" and counters["step"] >= 1
     rc = subprocess.run([sys.executable, "-m", "medvit", "pretrain", "--resume", str(run)],

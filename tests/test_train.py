@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from medvit.errors import MedvitError
 from medvit.train import fit
 from medvit.train.checkpoint import build_model_from_checkpoint, load_checkpoint
 
+from conftest import kill_once_logged
 from fake_cache import make_manifest
 
 SIZE = 32
@@ -90,19 +89,8 @@ def test_kill_9_and_resume_matches_uninterrupted(data_dir, tmp_path):
            "train.ckpt_every=1"]
     # CPU float sums depend on the thread count: the subprocesses use the in-process count.
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 120
+    kill_once_logged(cmd, run, env)  # kill -9 early in the run, once two steps are logged
     last = run / "checkpoints" / "last.pt"
-    step_log = run / "metrics_step.csv"
-    # kill early in the run, once two steps are logged (each step is checkpointed right after it is
-    # logged): watching the small CSV is cheap, so the kill lands well before the run's end even on
-    # a fast machine (loading the checkpoint to read its step once let the run finish first)
-    while time.time() < deadline:
-        if step_log.exists() and step_log.read_text().count("\n") >= 3:  # header + 2 steps
-            break
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
     counters = load_checkpoint(last)["counters"]
     assert counters["stop_reason"] == "" and counters["step"] >= 1  # really interrupted, mid-run
     rc = subprocess.run([sys.executable, "-m", "medvit", "train", "--resume", str(run)],
