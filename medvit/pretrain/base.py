@@ -57,6 +57,7 @@ class SelfSupervised(Objective):
     and may override `criterion` (the net's output -> loss; default: the output is the loss)."""
 
     kinds = ("vit", "cnn")
+    classifies = False
 
     def __init__(self, cfg: Config) -> None:
         self.cfg, self.p = cfg, cfg.pretrain

@@ -46,7 +46,8 @@ class RunLog:
         val = ("" if row.get("val_loss") is None else
                " val_loss {:.4f} val_accuracy {:.4f} val_auc {}".format(row["val_loss"], row["val_accuracy"],
                                                                         _fmt(row.get("val_auc"))))
-        self.info("epoch {epoch}: train_loss {train_loss:.4f} train_error {train_error:.4f}".format(**row) + val)
+        error = "" if row.get("train_error") is None else f" train_error {row['train_error']:.4f}"
+        self.info(f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f}{error}" + val)
 
     def start_tracking(self, track, cfg, spec: dict, data_identity: dict) -> None:
         """Open (or, on resume, reopen) the run's MLflow run when `track` (a medvit.tracking.Tracking)."""

@@ -266,7 +266,7 @@ class Trainer:
         row = {
             "epoch": c.epoch, "step": c.step,
             "train_loss": c.epoch_loss / max(c.epoch_seen, 1),
-            "train_error": c.epoch_errors / max(c.epoch_seen, 1),
+            "train_error": c.epoch_errors / max(c.epoch_seen, 1) if self.objective.classifies else None,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         if validate:
@@ -282,8 +282,8 @@ class Trainer:
         if time.perf_counter() - self._last_save >= self.cfg.train.ckpt_min_interval:
             self._save("last")  # resume is exact from any saved epoch, so skipping some only costs redone work
         flat = self.cfg.train.flat_epochs
-        if (flat and len(c.train_errors) > flat and len(set(c.train_errors[-flat - 1:])) == 1
-                and c.step >= self.cfg.train.flat_min_steps):
+        if (flat and self.objective.classifies and len(c.train_errors) > flat
+                and len(set(c.train_errors[-flat - 1:])) == 1 and c.step >= self.cfg.train.flat_min_steps):
             c.stop_reason = f"train error unchanged for {flat} epochs"
 
     def _update_best(self, row: dict) -> None:

@@ -24,6 +24,7 @@ class Objective:
     """Supervised classification: today's behaviour of the trainer, unchanged."""
 
     name = "supervised"
+    classifies = True  # train_error is meaningful (self-supervised objectives: False, the column stays empty)
 
     def data(self, cfg: Config):
         from medvit.train import setup
