@@ -436,7 +436,11 @@ def log_compare(track: Tracking, out: str | Path, result: dict) -> str:
               "seed": result.get("seed"), "runs": ",".join(names)})
     for entry in result.get("runs", []):
         t.metrics({f"{entry['name']}.{k}": entry.get(k) for k in ("auc", "accuracy", "brier", "ece")}, 0)
-    t.artifacts([Path(out)])
+    out = Path(out)  # the page, compare.json and this compare's own figures: never the rest of the folder
+    t.artifacts([out / "index.html", out / "compare.json"])
+    figures = [out / f for f in result.get("figures", [])]
+    t.artifacts([f for f in figures if f.parent == out])
+    t.artifacts([f for f in figures if f.parent.name == "gallery"], "gallery")
     t.end("FINISHED")
     return t.run_id
 

@@ -144,6 +144,23 @@ def test_command_writes_figures_and_init_fine_tunes(unlabelled, labelled, tmp_pa
     assert "fine-tuned from mae pretraining run mae on 28 unlabelled images" in page and "trained from scratch" in page
 
 
+def test_linear_probe_keeps_the_backbone_in_eval_mode():
+    """A linear probe trains the head on the features it is scored on: the frozen backbone's BatchNorm
+    uses its loaded statistics and its dropout is off during training too."""
+    from medvit.models import create_backbone
+    from medvit.models.registry import _classifier_prefix
+    from medvit.train.setup import train_mode
+
+    model = create_backbone("cnn_test", num_classes=1, img_size=SIZE)
+    head = _classifier_prefix(model)
+    train_mode(model, load_config(None, ["train.freeze_backbone=true"]))
+    states = {name: m.training for name, m in model.named_modules() if name}
+    assert states[head] and not any(v for name, v in states.items() if not name.startswith(head))
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the case is exercised
+    train_mode(model, load_config(None, []))
+    assert all(m.training for m in model.modules())
+
+
 def test_layer_decay_scales_the_lr_by_depth():
     from medvit.models import create_backbone
     from medvit.train.setup import build_optimizer
@@ -222,12 +239,13 @@ def test_label_efficiency_study_pairs_pretrained_and_scratch(labelled, tmp_path)
         ray.shutdown()
     df = pd.read_csv(out / "results.csv")
     assert (df["status"] == "ok").all(), df["error"].tolist()
-    assert sorted(df["arm"].unique()) == ["scratch-cnn_test", "simclr-cnn_test"]
+    # one scratch arm per backbone, patch and canvas
+    assert sorted(df["arm"].unique()) == ["scratch-cnn_test-32x32", "simclr-cnn_test-32x32"]
     assert sorted(df["point"].unique()) == [0.5, 1.0] and (df["scored_on"] == "test").all()
     assert (df["n_test"] == 16).all()  # the same 4 held-out patients x 4 images in every arm
     half = load_checkpoint(Path(df.loc[df["point"] == 0.5, "run_dir"].iloc[0]) / "checkpoints" / "last.pt")
     assert half["config"]["data"]["label_fraction"] == 0.5
-    tuned = df[df["arm"] == "simclr-cnn_test"]
+    tuned = df[df["arm"] == "simclr-cnn_test-32x32"]
     assert all(load_checkpoint(Path(r) / "checkpoints" / "last.pt")["init"]["method"] == "simclr"
                for r in tuned["run_dir"])
     import json
@@ -236,7 +254,7 @@ def test_label_efficiency_study_pairs_pretrained_and_scratch(labelled, tmp_path)
     assert [(t["fraction"], t["n_test"]) for t in tests] == [(0.5, 16), (1.0, 16)]
     assert all(0 <= t["p"] <= 1 for t in tests)
     table = (out / "table.md").read_text()
-    assert "paired DeLong" in table and "| simclr-cnn_test | 0.5 |" in table
+    assert "paired DeLong" in table and "| simclr-cnn_test-32x32 | 0.5 |" in table
     assert (out / "label_efficiency.png").stat().st_size > 1000
 
 

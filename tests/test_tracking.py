@@ -250,7 +250,9 @@ def test_compare_run_links_the_compared_runs(flow):
     res = json.loads((report / "compare.json").read_text())
     assert run.data.metrics["cnn.auc"] == pytest.approx(res["runs"][0]["auc"])
     files = artifact_paths(c, rec["run_id"])
-    assert {"index.html", "compare.json"} <= files and any(f.endswith(".png") for f in files)
+    assert any(f.endswith(".png") for f in files)
+    # exactly the page, compare.json and this compare's figures: nothing else of the output folder
+    assert files == {"index.html", "compare.json", *res["figures"]}
 
 
 def test_no_phi_in_params_tags_metrics_or_artifacts(flow):

@@ -60,12 +60,16 @@ def build_config(args: argparse.Namespace):
         flags += [f"data.dir={args.data[0]}", f"pretrain.extra_dirs={json.dumps(args.data[1:])}"]  # JSON is YAML
     if args.include_test:
         flags.append("pretrain.include_test=true")
+    from medvit.errors import ConfigError
+
     if args.resume:
-        return load_config(Path(args.resume) / "config.yaml", flags + list(args.overrides))
+        cfg = load_config(Path(args.resume) / "config.yaml", flags + list(args.overrides))
+        if not cfg.pretrain.method:
+            raise ConfigError(f"{Path(args.resume) / 'config.yaml'}: not a pretraining run (no pretrain.method); "
+                              "resume it with `medvit train --resume`")
+        return cfg
     cfg = load_config(args.config, flags + list(args.overrides))
     if not cfg.pretrain.method:
-        from medvit.errors import ConfigError
-
         raise ConfigError("medvit pretrain needs --method mae, dino or simclr")
     return cfg
 

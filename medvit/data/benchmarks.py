@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medvit.canvas import parse_size
 from medvit.data.datasets import resize_to, to_tensor
 from medvit.data.transforms import apply_transform, item_seed
 from medvit.errors import MedvitError
@@ -213,7 +214,11 @@ class ArrayDataset(Dataset):
             raise MedvitError(f"ArrayDataset: need (N,H,W[,C]) images and N labels, got {images.shape}, {len(labels)}")
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.image_size = int(image_size)
+        h, w = parse_size(image_size, "data.image_size")
+        if h != w:
+            raise MedvitError(f"data.image_size {h}x{w}: CIFAR-10 and MNIST images are square; give one side "
+                              "(e.g. 32); H x W canvases are for ingested mammograms")
+        self.image_size = h
         self.ids = list(ids) if ids is not None else [str(i) for i in range(len(images))]
         self.num_classes = int(num_classes if num_classes is not None else self.labels.max() + 1)
         own = 1 if images.ndim == 3 else int(images.shape[3])

@@ -211,6 +211,16 @@ def _token_grid(spec: dict) -> tuple[int, int] | None:
     return h // int(kw["patch_size"]), w // int(kw["patch_size"])
 
 
+def _non_square_mismatch(state: dict[str, torch.Tensor], model: nn.Module) -> bool:
+    """A pos_embed of another length than the model's H x W (non-square) grid, from a file that does
+    not give its own grid: timm's resampling would assume a square and mix up the positions."""
+    value, own = state.get("pos_embed"), getattr(model, "pos_embed", None)
+    if value is None or own is None or value.shape == own.shape or not hasattr(model, "patch_embed"):
+        return False
+    gh, gw = model.patch_embed.grid_size
+    return gh != gw
+
+
 def _classifier_prefix(model: nn.Module) -> str:
     """Dotted name of the layer producing the logits (its shape follows num_classes)."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
@@ -260,6 +270,9 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
     if meta.get("grid"):  # a medvit ViT of another (possibly H x W) canvas: resample from its grid
         state = _adapt(state, model, path, meta["grid"])
+    elif _non_square_mismatch(state, model):
+        raise ConfigError(f"{path}: its position embeddings are for another token grid and the file does not "
+                          "say which (an H x W grid cannot be inferred); save it as a medvit checkpoint")
     if filter_fn is not None and type(model).__module__.startswith("timm."):
         state = filter_fn(state, model)
     state = _adapt(state, model, path)

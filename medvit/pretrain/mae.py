@@ -149,19 +149,17 @@ class MAE(SelfSupervised):
         every = max(1, int(self.p.show_every))
         if not trainer.dist.main or row["epoch"] % every:
             return
+        from medvit.models.hooks import eval_no_grad
         from medvit.pretrain.data import fixed_images
         from medvit.pretrain.plots import save_arrays
 
         net = trainer.net
         images = fixed_images(trainer.data.train, self.figure_images, net.canvas)
         noise = torch.rand(images.shape[0], net.grid[0] * net.grid[1], generator=torch.Generator().manual_seed(0))
-        was_training = net.training
-        net.eval()
-        with torch.no_grad():
+        with eval_no_grad(net):  # the one eval-mode + no-grad context (medvit.models.hooks)
             x = images.to(trainer.device)
             _, pred, mask = net.predict(x, noise)
             masked, recon = reconstruct(net, normalise_input(net.encoder, x), pred, mask)
-        net.train(was_training)
         save_arrays(trainer.run_dir, row["epoch"], images.numpy(), masked, recon)
 
 

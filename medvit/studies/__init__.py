@@ -70,8 +70,13 @@ def run_study(name: str, out: str | Path, config: str | Path | None = None, over
     from medvit.tracking import finish_study, start_study
 
     parent, child = start_study(track, out, name, vars(settings))  # (None, None) without tracking
-    rows = run_grid(runs, settings, address, on_row=lambda rs: write_results(out, rs, configs), log=log,
-                    track=child)
+    try:
+        rows = run_grid(runs, settings, address, on_row=lambda rs: write_results(out, rs, configs), log=log,
+                        track=child)
+    except BaseException as err:  # the parent MLflow run ends FAILED / KILLED, never left RUNNING
+        if parent is not None:
+            parent.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
     write_results(out, rows, configs)
     import pandas as pd
 

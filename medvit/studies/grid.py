@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from medvit.canvas import size_text
 from medvit.config import (CONFIG_DIR, config_from_dict, config_to_dict, deep_merge, parse_overrides,
                            read_yaml_with_bases)
 from medvit.errors import ConfigError, suggest
@@ -126,7 +127,8 @@ def pretrained_arms(runs: list, arms: dict) -> dict:
         if not cfg.pretrain.method:
             raise ConfigError(f"{path}: a supervised run, not a `medvit pretrain` run")
         m = cfg.model
-        tag = m.backbone + (f"-p{m.patch_size}" if m.patch_size else "")
+        canvas = f"-{size_text(cfg.data.image_size)}" if cfg.data.image_size else ""
+        tag = m.backbone + (f"-p{m.patch_size}" if m.patch_size else "") + canvas  # one scratch arm per canvas
         model = {"backbone": m.backbone, "patch_size": m.patch_size}
         same = {"data": {"image_size": cfg.data.image_size}}
         out[f"scratch-{tag}"] = {"model": model, **same, "group": tag}

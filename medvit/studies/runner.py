@@ -81,7 +81,8 @@ def _train_and_score(run: dict, run_dir: Path) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the worker is reused by the next run
     score = time.perf_counter() - t
-    return {**_train_columns(run_dir, summary), "train_wall_s": round(loaded.training_seconds or 0.0, 3),
+    seconds = loaded.training_seconds
+    return {**_train_columns(run_dir, summary), "train_wall_s": None if seconds is None else round(seconds, 3),
             **_test_columns(report), "device": str(loaded.device), "params": loaded.params,
             "fit_wall_s": round(summary.get("fit_wall_s", float("nan")), 3), "score_wall_s": round(score, 3)}
 
@@ -127,9 +128,14 @@ def ray_session(address: str | None, local_cpus: int = 0) -> Iterator[Any]:
     AuthenticationError (mode on, no token) or retries for ~20 s logging InvalidAuthToken and
     raises ConnectionError. Both become one MedvitError naming the address and the fix."""
     import ray
-    from ray.exceptions import AuthenticationError
 
     from medvit.errors import MedvitError
+
+    try:
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # Ray before token authentication (pyproject allows ray>=2.9): nothing to catch
+        class AuthenticationError(Exception):
+            pass
 
     if ray.is_initialized():
         yield ray

@@ -180,7 +180,7 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
             self.log.data_ids(self.data.train.ids, self.data.val.ids)
             self.log.start_tracking(self.track, cfg, self.spec, self.data_identity)
-        self.log.info(f"backbone {self.spec['name']} ({sum(p.numel() for p in self.model.parameters()):,} "
+        self.log.info(f"backbone {self.spec['name']} ({count_parameters(self.model):,} "
                       f"parameters) on {self.device}, {len(self.data.train)} train / {len(self.data.val)} val images")
         t0 = time.perf_counter() - c.elapsed
         while not c.stop_reason:
@@ -228,7 +228,7 @@ class Trainer:
         self.sampler.load_state_dict(self.sampler.state_dict(batches_done=c.batch))
         batches = list(self.sampler)
         self.data.train.set_epoch(c.epoch)
-        self.model.train()
+        setup.train_mode(self.model, self.cfg)  # the backbone stays in eval mode for a linear probe
         loader = self._loader(self.data.train, batch_sampler=batches)
         # a bar on a terminal; off one nothing here: the log's line per epoch is the progress
         with contextlib.closing(progress_bar(total=len(self.sampler), desc=f"epoch {c.epoch}", unit="batch",

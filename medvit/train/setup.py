@@ -156,7 +156,7 @@ def build_sampler(cfg: Config, labels, rank: int, world: int, binary: bool):
 def model_spec(cfg: Config, num_classes: int, in_chans: int, binary: bool) -> dict:
     """What create_backbone needs; saved in every checkpoint so predict/evaluate rebuild the model."""
     from medvit.canvas import compact
-    from medvit.models import backbone_kind
+    from medvit.models import backbone_default, backbone_kind
 
     m = cfg.model
     kwargs: dict = {
@@ -167,8 +167,9 @@ def model_spec(cfg: Config, num_classes: int, in_chans: int, binary: bool) -> di
     }
     if m.drop_rate is not None:
         kwargs["drop_rate"] = m.drop_rate
-    if backbone_kind(m.backbone) == "vit" and m.patch_size is not None:
-        kwargs["patch_size"] = m.patch_size  # else the builder's default (seed ViTs: their documents')
+    patch = m.patch_size or backbone_default(m.backbone, "patch_size")
+    if backbone_kind(m.backbone) == "vit" and patch is not None:
+        kwargs["patch_size"] = patch  # always in the spec: a checkpoint's (H x W) token grid is known
     return {"name": m.backbone, "kwargs": kwargs}
 
 
@@ -212,9 +213,23 @@ def init_provenance(cfg: Config) -> dict | None:
     return record
 
 
+def train_mode(model, cfg: Config) -> None:
+    """model.train() for an epoch; with train.freeze_backbone (linear probe) only the classifier is in
+    train mode: the frozen backbone stays in eval mode (BatchNorm uses its loaded statistics, dropout
+    and drop-path are off), so the head is trained on exactly the features it is scored on."""
+    if not cfg.train.freeze_backbone:
+        model.train()
+        return
+    from medvit.models.registry import _classifier_prefix
+
+    model.eval()
+    model.get_submodule(_classifier_prefix(model)).train()
+
+
 def freeze_backbone(model) -> None:
     """Linear probe: only the classifier trains; BatchNorm running statistics stay as loaded
-    (momentum 0), so the frozen features are those of the pretrained network."""
+    (momentum 0; the backbone also stays in eval mode, `train_mode`), so the frozen features are
+    those of the pretrained network."""
     import torch
 
     from medvit.models.registry import _classifier_prefix
