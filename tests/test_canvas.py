@@ -146,3 +146,28 @@ def test_no_square_root_of_a_token_count_is_left():
                             str(root / "explain"), str(root / "analysis"), str(root / "models"),
                             str(root / "compare" / "maps.py")], capture_output=True, text=True).stdout
     assert found == "", found
+
+
+def test_vit_weights_move_between_rectangular_canvases(tmp_path):
+    """A medvit checkpoint records its patch, so its H x W token grid is known: positions are resampled
+    from 4x2 to 8x4, not from a square guess. A plain state dict into an H x W ViT is refused."""
+    import torch
+
+    from medvit._compat import import_timm
+    from medvit.errors import ConfigError
+    from medvit.models import create_backbone
+    from medvit.train.checkpoint import save_checkpoint
+
+    src = create_backbone("vit_test", img_size=(64, 32), patch_size=16)  # grid 4 x 2
+    spec = {"name": "vit_test", "kwargs": {"num_classes": 1, "in_chans": 1, "img_size": (64, 32), "patch_size": 16}}
+    path = save_checkpoint({"format": "medvit-checkpoint-1", "model_spec": spec, "model": src.state_dict(),
+                            "input_norm": None}, tmp_path / "a.pt")
+    dst = create_backbone("vit_test", img_size=(128, 64), patch_size=16, weights=str(path))  # grid 8 x 4
+    import_timm()
+    from timm.layers import resample_abs_pos_embed
+
+    expect = resample_abs_pos_embed(src.pos_embed.detach(), new_size=[8, 4], old_size=[4, 2], num_prefix_tokens=1)
+    assert torch.allclose(dst.pos_embed.detach(), expect)
+    torch.save(src.state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(ConfigError, match="plain.pt"):
+        create_backbone("vit_test", img_size=(128, 64), patch_size=16, weights=str(tmp_path / "plain.pt"))
