@@ -277,3 +277,17 @@ def test_dino_multi_crop_on_a_cnn_and_plain_dino_on_a_vit(unlabelled, tmp_path):
         fit(load_config(None, pretrain_args(unlabelled, "dino", *vit, "pretrain.local_crops=2")), tmp_path / "no")
     with pytest.raises(ConfigError, match="needs a vit backbone"):
         fit(load_config(None, pretrain_args(unlabelled, "mae", "model.backbone=cnn_test")), tmp_path / "no2")
+
+
+def test_resume_refuses_another_set_up_naming_the_file(unlabelled, tmp_path, capsys):
+    """`pretrain --resume` of a supervised run, or with a decoder of another width, is one clear error."""
+    run = tmp_path / "mae"
+    fit(load_config(None, pretrain_args(unlabelled, "mae", "train.epochs=1")), run)
+    assert main(["pretrain", "--resume", str(run), "pretrain.decoder_dim=64"]) == 2
+    err = capsys.readouterr().err
+    assert str(run / "checkpoints" / "last.pt") in err and "cannot resume the mae objective" in err
+    supervised = tmp_path / "sup"
+    supervised.mkdir()
+    (supervised / "config.yaml").write_text("train: {epochs: 1}\n")
+    assert main(["pretrain", "--resume", str(supervised)]) == 2
+    assert "not a pretraining run" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medvit.config import Config, config_to_dict, save_config
+from medvit.errors import ConfigError, shorten
 from medvit.train import logs, setup
 from medvit.canvas import size_text
 from medvit.train.checkpoint import count_parameters, load_checkpoint, save_checkpoint
@@ -153,7 +154,11 @@ class Trainer:
         import torch
 
         self.model.load_state_dict(ck["model"])
-        self.objective.load_state_dict(ck.get("objective") or {})
+        try:
+            self.objective.load_state_dict(ck.get("objective") or {})
+        except (KeyError, RuntimeError, ConfigError) as err:  # another objective or set-up: name the file
+            raise ConfigError(f"{self.run_dir / 'checkpoints' / 'last.pt'}: cannot resume the "
+                              f"{self.objective.name} objective from it ({shorten(str(err), 300)})") from None
         if self.ema and ck.get("ema_state"):
             self.ema.load_state_dict(ck["ema_state"])
         self.optimizer.load_state_dict(ck["optimizer"])
