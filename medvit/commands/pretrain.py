@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     track = tracking.from_args(args)  # first: a word after a bare --track goes back to the overrides
     cfg = build_config(args)
     from medvit.pretrain.plots import plot_loss, plot_reconstructions
-    from medvit.train.loop import Trainer
+    from medvit.train.loop import Trainer, run_trainer
 
     run_dir = Path(args.resume or cfg.train.out or _default_run_dir(cfg))
     cfg.train.out = str(run_dir)
@@ -88,11 +88,7 @@ def run(args: argparse.Namespace) -> int:
                          "(test scores of fine-tuned runs no longer come from unseen images)")
     trainer.log.info(f"pretrain: {cfg.pretrain.method} on {len(trainer.data.train)} images from "
                      f"{', '.join([cfg.data.dir, *cfg.pretrain.extra_dirs])}")
-    try:
-        summary = trainer.fit()
-    except BaseException as err:  # as medvit.train.fit: the MLflow run ends FAILED / KILLED, not RUNNING
-        trainer.log.end_tracking(None, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
+    summary = run_trainer(trainer)  # as medvit.train.fit: a failed run's MLflow run ends FAILED / KILLED
     if trainer.dist.main:
         plot_loss(run_dir, f"{cfg.pretrain.method} pretraining, {cfg.model.backbone}")
         if cfg.pretrain.method == "mae":

@@ -307,7 +307,11 @@ class Trainer:
 
 def fit(cfg: Config, run_dir: str | Path, resume: bool = False, track: Tracking | None = None) -> dict:
     """Train (or resume) one run; `track`: also log it to MLflow. Returns a small summary."""
-    trainer = Trainer(cfg, run_dir, resume=resume, track=track)
+    return run_trainer(Trainer(cfg, run_dir, resume=resume, track=track))
+
+
+def run_trainer(trainer: Trainer) -> dict:
+    """trainer.fit(); on an error or Ctrl-C its MLflow run (if tracked) ends FAILED / KILLED, not RUNNING."""
     try:
         return trainer.fit()
     except BaseException as err:
