@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from medvit.io import atomic_path
-from medvit.plots import _figure, _save
+from medvit.plots import _figure, _save, read_log
 
 FIGURE_DIR = "mae_figure"
 
@@ -31,10 +30,10 @@ def plot_loss(run_dir: Path, title: str) -> Path | None:
         return None
     fig, (ax,) = _figure(size=(6.0, 4.0))
     if steps.is_file():  # every train.log_every steps
-        s = pd.read_csv(steps)
+        s = read_log(steps)  # medvit.plots' one log reader: a bad file is named
         ax.plot(s["step"], s["loss"], lw=0.8, alpha=0.6, label="step")
     if epochs.is_file():
-        e = pd.read_csv(epochs)
+        e = read_log(epochs)
         if len(e):
             ax.plot(e["step"], e["train_loss"], marker="o", ms=4, label="epoch mean")
     ax.set(xlabel="optimizer step", ylabel="loss", title=title)
