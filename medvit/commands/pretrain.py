@@ -48,14 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    from medvit.canvas import size_text
+    from medvit.commands.train import flag_overrides
     from medvit.config import load_config
 
-    flags = []
-    for name, key in FLAGS.items():
-        value = getattr(args, name)
-        if value is not None:
-            flags.append(f"{key}={size_text(value) if name == 'image_size' else value}")
+    flags = flag_overrides(args, FLAGS)  # as `medvit train`
     if args.data:
         flags += [f"data.dir={args.data[0]}", f"pretrain.extra_dirs={json.dumps(args.data[1:])}"]  # JSON is YAML
     if args.include_test:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from medvit import tracking
+from medvit.canvas import argparse_size
 
 # flag -> dotted config key; flags are applied as overrides before the positional key=value ones
 FLAGS = {
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--max-wall", type=float, help="stop after this many seconds of training")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--image-size", type=canvas_flag, metavar="S|HxW",
+    p.add_argument("--image-size", type=argparse_size, metavar="S|HxW",
                    help="model input canvas, a side (256) or HxW (512x256) (default: the data's own: the "
                         "ingest canvas, 32 CIFAR-10, 28 MNIST)")
     p.add_argument("--seed", type=int)
@@ -52,17 +53,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def canvas_flag(text: str) -> str:
-    """`--image-size` / `--size` values as "HxW" text (argparse names a bad value)."""
-    from medvit.canvas import argparse_size, size_text
+def flag_overrides(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
+    """`key=value` overrides from the flags that were given (a canvas as "HxW"), before the user's own."""
+    from medvit.canvas import size_text
 
-    return size_text(argparse_size(text))
+    given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+    return [f"{flags[name]}={size_text(v) if name == 'image_size' else v}" for name, v in given.items()]
 
 
 def build_config(args: argparse.Namespace):
     from medvit.config import load_config
 
-    flags = [f"{key}={getattr(args, name)}" for name, key in FLAGS.items() if getattr(args, name) is not None]
+    flags = flag_overrides(args, FLAGS)
     if args.pretrained:
         flags.append("model.pretrained=true")
     if args.resume:
