@@ -192,7 +192,7 @@ def _modality_decision_changed(record: dict, task: dict) -> bool:
         return False
     if record.get("reason") == "not_mammogram":
         return True
-    from medvit.dicom.read import accepted_only_with_any_modality
+    from medvit.dicom.header import accepted_only_with_any_modality
 
     modality = (record.get("info") or {}).get("modality", "")
     return record.get("status") == "ok" and accepted_only_with_any_modality(str(modality or ""))

@@ -10,6 +10,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 import medvit.dicom.read as read
+import medvit.dicom.header as header
 from medvit.dicom.normalize import preprocess
 from medvit.dicom.read import Pixels, decode_j2k_pillow, j2k_info, read_dataset, read_header
 from medvit.errors import DicomError
@@ -241,17 +242,17 @@ SOP = "1.2.840.10008.5.1.4.1.1."
     (None, "1.2.840.113619.4.2", None, "(none; unknown SOP class)", False),  # a vendor's private class
 ])
 def test_modality_decision(modality, sop, meta_sop, label, passes):
-    decision = read.modality_decision(_header(modality, sop, meta_sop))
+    decision = header.modality_decision(_header(modality, sop, meta_sop))
     assert (decision.label, decision.mammogram) == (label, passes)
-    assert read.modality_of(_header(modality, sop, meta_sop)) == label
+    assert header.modality_of(_header(modality, sop, meta_sop)) == label
     assert "SMITH" not in decision.why and "113619" not in decision.why
     if passes:
-        read.check_modality(_header(modality, sop, meta_sop), "f.dcm")
-        assert not read.accepted_only_with_any_modality(label)
+        header.check_modality(_header(modality, sop, meta_sop), "f.dcm")
+        assert not header.accepted_only_with_any_modality(label)
     else:
         with pytest.raises(DicomError) as err:
-            read.check_modality(_header(modality, sop, meta_sop), "f.dcm")
+            header.check_modality(_header(modality, sop, meta_sop), "f.dcm")
         assert err.value.reason == "not_mammogram" and err.value.info == {"modality": label}
         assert "--any-modality" in str(err.value) and "f.dcm" in str(err.value)
-        read.check_modality(_header(modality, sop, meta_sop), "f.dcm", any_modality=True)
-        assert read.accepted_only_with_any_modality(label)
+        header.check_modality(_header(modality, sop, meta_sop), "f.dcm", any_modality=True)
+        assert header.accepted_only_with_any_modality(label)

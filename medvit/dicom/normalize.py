@@ -29,7 +29,8 @@ from pydicom.dataset import Dataset
 from medvit.canvas import Size, parse_size, size_text
 from medvit.dicom import DEFAULT_SIZE
 from medvit.dicom.lut import detection_view, to_unit  # noqa: F401 (to_unit: part of this module's face)
-from medvit.dicom.read import PHOTOMETRICS, VIEWS, Pixels, check_modality, defined_term, modality_of, read_dataset
+from medvit.dicom.header import PHOTOMETRICS, VIEWS, check_modality, defined_term, modality_of
+from medvit.dicom.read import Pixels, read_dataset
 from medvit.errors import ConfigError, DicomError
 
 # Bump when preprocessing output changes: ingest's cache key carries it, so caches get rebuilt.
