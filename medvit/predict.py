@@ -31,6 +31,7 @@ from medvit.canvas import parse_size, size_text
 from medvit.errors import ConfigError, DicomError, MedvitError, shorten
 from medvit.io import atomic_path, printable, write_text
 from medvit.privacy import PatientIds, folder_id, patient_ids
+from medvit.runs import LoadedRun, load_run
 from medvit.workers import usable_cores
 
 COLUMNS = ["path", "image_id", "patient_id", "patient_id_source", "modality", "laterality", "laterality_source",
@@ -43,33 +44,17 @@ META_KEYS = ("patient_id", "patient_id_source", "modality", "laterality", "later
 # ----------------------------------------------------------------------------- model
 
 
-@dataclass
-class Predictor:
-    model: Any
-    name: str  # backbone name
-    binary: bool  # one logit + sigmoid (mammography) or C logits + softmax
-    threshold: float  # the checkpoint's validation best-F1 threshold (binary)
-    image_size: tuple[int, int]  # model input canvas (H, W)
-    in_chans: int
-    ingest_size: tuple[int, int]  # canvas `preprocess` produces, as at ingest for the training data
-    device: Any
-    amp: Any  # autocast dtype or None
-
-
 def load_predictor(checkpoint: str | Path, *, which: str = "best", device: str = "auto",
-                   size: int | tuple[int, int] | str | None = None) -> Predictor:
-    """Model + settings from a checkpoint file or a run dir (RUN_DIR/checkpoints/<which>.pt), read
-    once by the run loader; `size` overrides the ingest canvas new DICOMs are preprocessed to."""
-    from medvit.runs import load_run
-
+                   size: int | tuple[int, int] | str | None = None) -> LoadedRun:
+    """The run (a checkpoint file or a run dir, RUN_DIR/checkpoints/<which>.pt) through the one run
+    loader; `size` overrides the ingest canvas new DICOMs are preprocessed to."""
     run = load_run(checkpoint, which, device)
-    return Predictor(model=run.model, name=run.name, binary=run.binary, threshold=run.threshold,
-                     image_size=run.image_size, in_chans=run.in_chans,
-                     ingest_size=parse_size(size, "--ingest-size") if size else run.ingest_size,
-                     device=run.device, amp=run.amp)
+    if size:
+        run.canvas = parse_size(size, "--ingest-size")
+    return run
 
 
-def forward_probs(p: Predictor, images) -> np.ndarray:
+def forward_probs(p: LoadedRun, images) -> np.ndarray:
     """Probabilities (N,) or (N, C) with the trainer's own logit -> probability function."""
     import torch
 
@@ -158,7 +143,7 @@ def _init_worker(_: int) -> None:
 # ----------------------------------------------------------------------------- rows
 
 
-def result_rows(p: Predictor, items: list[dict], probs: np.ndarray | None, rels: list[str],
+def result_rows(p: LoadedRun, items: list[dict], probs: np.ndarray | None, rels: list[str],
                 ids: dict[str, str], threshold: float) -> list[dict]:
     rows, k = [], 0
     for it in items:
@@ -198,7 +183,7 @@ def breast_csv_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}_per_breast.csv")
 
 
-def save_overlays(p: Predictor, images, items: list[dict], probs: np.ndarray, rels: list[str],
+def save_overlays(p: LoadedRun, images, items: list[dict], probs: np.ndarray, rels: list[str],
                   ids: dict[str, str], folder: Path, method: str) -> int:
     """An overlay PNG per ok image of the batch: the preprocessed image, the explain map on top."""
     from medvit.explain import explain, save_overlay
@@ -218,7 +203,7 @@ class Collected:
     breasts: list = field(default_factory=list)  # (patient_id, laterality, prob): small, for the per-breast table
 
 
-def _stream(p: Predictor, loader, writer, f, rels: list[str], ids: dict[str, str], threshold: float,
+def _stream(p: LoadedRun, loader, writer, f, rels: list[str], ids: dict[str, str], threshold: float,
             overlays: str | Path | None, method: str, bar) -> tuple[Collected, int]:
     """Forward each batch as it arrives from the decode workers; write its rows at once."""
     got, n_overlays = Collected(), 0

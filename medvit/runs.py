@@ -24,6 +24,7 @@ class LoadedRun:
     ckpt: dict
     cfg: Any  # medvit.config.Config (resolved, as trained)
     device: Any  # torch.device
+    canvas: Size | None = None  # overrides the recorded ingest canvas (predict --ingest-size)
     _model: Any = field(default=None, repr=False)
 
     # ---- what the checkpoint says ------------------------------------------------------------
@@ -55,9 +56,11 @@ class LoadedRun:
     def ingest_size(self) -> Size:
         """The canvas the run's training images were ingested at: `predict` and `explain` preprocess
         new DICOMs to it. Recorded in the checkpoint; older checkpoints: read from the run's data
-        folder, else the default square."""
+        folder, else the default square. `canvas`, when set, overrides it."""
         from medvit.ingest import ingest_size
 
+        if self.canvas:
+            return self.canvas
         recorded = self.ckpt.get("canvas") or self.ckpt.get("ingest_size")
         if recorded:
             return parse_size(recorded, "ingest canvas")
